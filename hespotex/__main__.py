@@ -1,0 +1,3 @@
+from hespotex.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,120 @@
+"""HESpotEx checkpoints: one safetensors file, weights plus the metadata needed to use them.
+
+safetensors holds tensors and a string header only, so loading a checkpoint can never run
+code. The header carries the gene list, shapes, the encoder that made the training features
+(architecture and weights checksum), the graph k and the expression normalisation; decoding
+with features from any other encoder is refused.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from hespotex import __version__
+from hespotex.atomic import atomic_path
+from hespotex.errors import CheckpointError
+from hespotex.model import ImageStream, ImageStreamShape
+
+METADATA_KEY = "hespotex"
+FORMAT_VERSION = 1
+
+
+class EncoderRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    architecture: str
+    weights_sha256: str
+    random_weights: bool
+    feature_dim: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    patch_px: int
+    patch_mpp: float
+
+
+class CheckpointMeta(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format_version: int = FORMAT_VERSION
+    genes: list[str]
+    latent_dim: int
+    dropout: float
+    graph_k: int
+    encoder: EncoderRecord
+    normalisation: str = "cpm_log1p"
+    target_sum: float = 1e6
+    trained_on: list[str]
+    hespotex_version: str = __version__
+    training: dict[str, Any] = {}
+
+    @property
+    def shape(self) -> ImageStreamShape:
+        return ImageStreamShape(
+            feature_dim=self.encoder.feature_dim,
+            latent_dim=self.latent_dim,
+            n_genes=len(self.genes),
+            dropout=self.dropout,
+        )
+
+
+def save_checkpoint(path: Path, model: ImageStream, meta: CheckpointMeta) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {
+        name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()
+    }
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={METADATA_KEY: meta.model_dump_json()})
+
+
+def read_checkpoint_meta(path: Path) -> CheckpointMeta:
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(path, "the checkpoint file does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+    except Exception as error:  # safetensors raises its own and OS errors on bad files
+        raise CheckpointError(path, f"not a safetensors checkpoint: {error}") from None
+    if METADATA_KEY not in header:
+        raise CheckpointError(path, "a safetensors file, but not a HESpotEx checkpoint")
+    try:
+        meta = CheckpointMeta.model_validate(json.loads(header[METADATA_KEY]))
+    except (ValidationError, json.JSONDecodeError) as error:
+        raise CheckpointError(path, f"the checkpoint metadata is invalid: {error}") from None
+    if meta.format_version != FORMAT_VERSION:
+        raise CheckpointError(
+            path, f"checkpoint format {meta.format_version}, this HESpotEx reads {FORMAT_VERSION}"
+        )
+    return meta
+
+
+def load_checkpoint(path: Path) -> tuple[ImageStream, CheckpointMeta]:
+    from safetensors.torch import load_file
+
+    meta = read_checkpoint_meta(path)
+    model = ImageStream(meta.shape)
+    try:
+        model.load_state_dict(load_file(str(path)))
+    except RuntimeError as error:
+        raise CheckpointError(path, f"weights do not match the metadata: {error}") from None
+    return model.eval(), meta
+
+
+def check_encoder_matches(
+    checkpoint: Path, meta: CheckpointMeta, architecture: str, weights_sha256: str, source: str
+) -> None:
+    """Features must come from the encoder the checkpoint was trained on."""
+    if (architecture, weights_sha256) != (meta.encoder.architecture, meta.encoder.weights_sha256):
+        raise CheckpointError(
+            checkpoint,
+            f"trained on features of encoder {meta.encoder.architecture} "
+            f"(weights {meta.encoder.weights_sha256}), but {source} uses {architecture} "
+            f"(weights {weights_sha256}); use the encoder the checkpoint was trained with",
+        )

@@ -1,0 +1,160 @@
+"""The `hespotex` command line: one sub-command per pipeline stage, plus train and helpers.
+
+Each stage takes the config and a slide id, exactly as the Snakemake rules call it, so any
+step can be rerun by hand. Heavy libraries are imported inside the commands, so
+``hespotex --help`` and a config error answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from hespotex.errors import HespotexError
+
+logger = logging.getLogger("hespotex")
+
+
+def _config(args: argparse.Namespace):
+    from hespotex.config import load_config
+
+    return load_config(args.config)
+
+
+def _open_sample_slide(config, slide_id: str):
+    from hespotex.config import sample_for
+    from hespotex.slide import open_slide
+
+    sample = sample_for(config, slide_id)
+    return open_slide(sample.slide_path, slide_id, sample.mpp)
+
+
+def cmd_tissue(args: argparse.Namespace) -> None:
+    from hespotex.tissue import run_tissue
+
+    config = _config(args)
+    with _open_sample_slide(config, args.slide_id) as slide:
+        run_tissue(slide, args.slide_id, config)
+
+
+def cmd_tiles(args: argparse.Namespace) -> None:
+    from hespotex.tiling import run_tiles
+
+    run_tiles(args.slide_id, _config(args))
+
+
+def cmd_features(args: argparse.Namespace) -> None:
+    from hespotex.features import run_features
+
+    config = _config(args)
+    with _open_sample_slide(config, args.slide_id) as slide:
+        run_features(slide, args.slide_id, config)
+
+
+def cmd_graph(args: argparse.Namespace) -> None:
+    from hespotex.graph import run_graph
+
+    run_graph(args.slide_id, _config(args))
+
+
+def cmd_decode(args: argparse.Namespace) -> None:
+    from hespotex.decode import run_decode
+
+    run_decode(args.slide_id, _config(args))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from hespotex.checkpoint import save_checkpoint
+    from hespotex.sections import read_sections_sheet
+    from hespotex.training import train
+
+    config = _config(args)
+    model, meta = train(read_sections_sheet(args.sections), args.validation, config)
+    save_checkpoint(args.out, model, meta)
+    logger.info(
+        "wrote checkpoint %s: %d genes, trained on %s",
+        args.out,
+        len(meta.genes),
+        ", ".join(meta.trained_on),
+    )
+
+
+def cmd_check(args: argparse.Namespace) -> None:
+    from hespotex.preflight import check_run
+
+    config = _config(args)
+    samples = check_run(config)
+    logger.info("%s: valid; %d slide(s) in %s", args.config, len(samples), config.samples)
+
+
+def cmd_schema(args: argparse.Namespace) -> None:
+    from hespotex.schemas import write_schemas
+
+    for path in write_schemas(args.out_dir):
+        logger.info("wrote %s", path)
+
+
+def cmd_demo_data(args: argparse.Namespace) -> None:
+    from hespotex.demo import build_demo
+
+    build_demo(args.out, Path(args.shared_data))
+
+
+def _add_stage(subparsers, name: str, handler, help_text: str) -> None:
+    parser = subparsers.add_parser(name, help=help_text)
+    parser.add_argument("slide_id", help="a slide_id of the sample sheet")
+    parser.add_argument("--config", type=Path, required=True, help="pipeline config YAML")
+    parser.set_defaults(handler=handler)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hespotex", description="Spot-level gene expression from H&E whole-slide images."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    _add_stage(subparsers, "tissue", cmd_tissue, "tissue mask, thumbnail and QC overlay")
+    _add_stage(subparsers, "tiles", cmd_tiles, "spot grid over the tissue")
+    _add_stage(subparsers, "features", cmd_features, "encode each spot's patch into Zarr")
+    _add_stage(subparsers, "graph", cmd_graph, "sparse kNN spot graph")
+    _add_stage(subparsers, "decode", cmd_decode, "predict expression → expression.h5ad")
+
+    train = subparsers.add_parser("train", help="train a checkpoint on paired sections")
+    train.add_argument("--sections", type=Path, required=True, help="sections sheet (TSV)")
+    train.add_argument("--config", type=Path, required=True, help="pipeline config YAML")
+    train.add_argument("--out", type=Path, required=True, help="checkpoint (.safetensors)")
+    train.add_argument("--validation", help="section_id used to choose the epoch")
+    train.set_defaults(handler=cmd_train)
+
+    check = subparsers.add_parser("check", help="validate config, sheet, weights, checkpoint")
+    check.add_argument("--config", type=Path, required=True)
+    check.set_defaults(handler=cmd_check)
+
+    schema = subparsers.add_parser("schema", help="write the JSON schemas of config and sheet")
+    schema.add_argument("--out-dir", type=Path, default=Path("workflow/schemas"))
+    schema.set_defaults(handler=cmd_schema)
+
+    demo = subparsers.add_parser("demo-data", help="build the demo slides and training data")
+    demo.add_argument("--out", type=Path, default=Path("demo"))
+    demo.add_argument("--shared-data", default="../shared/data", help="real data folder")
+    demo.set_defaults(handler=cmd_demo_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.captureWarnings(True)
+    try:
+        args.handler(args)
+    except HespotexError as error:
+        slide = f" [slide {args.slide_id}]" if getattr(args, "slide_id", None) else ""
+        logger.error("%s failed%s: %s", args.command, slide, error)
+        return 1
+    return 0

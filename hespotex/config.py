@@ -1,0 +1,265 @@
+"""Typed pipeline configuration and sample sheet.
+
+One pydantic model validates ``config/config.yaml`` (unknown keys are errors), and is passed
+whole into the stages. The JSON schemas in ``workflow/schemas/`` are generated from these
+models (``hespotex schema``), so Snakemake's ``validate`` and the package agree.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import pandas as pd
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from hespotex.errors import ConfigError
+from hespotex.units import MPP_MAX, Microns, Mpp
+
+SLIDE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+RANDOM_WEIGHTS = "random"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TissueConfig(_Section):
+    """Tissue detection on a low-resolution copy of the slide."""
+
+    mask_mpp: float = Field(8.0, gt=0, le=100, description="µm per pixel of the tissue mask")
+    min_saturation: float = Field(
+        0.07,
+        ge=0,
+        le=1,
+        description="floor under the Otsu threshold on HSV saturation, so a blank slide "
+        "finds no tissue instead of thresholding its noise",
+    )
+    closing_um: float = Field(24.0, ge=0, description="radius of the morphological closing")
+    min_object_um2: float = Field(
+        20000.0, ge=0, description="tissue pieces smaller than this are dropped (µm²)"
+    )
+    min_hole_um2: float = Field(
+        20000.0, ge=0, description="holes in tissue smaller than this are filled (µm²)"
+    )
+
+
+class GridConfig(_Section):
+    """The spot grid laid over the tissue."""
+
+    layout: Literal["hex", "square"] = Field("hex", description="hex: Visium-like lattice")
+    spacing_um: float = Field(100.0, gt=0, description="spot centre-to-centre distance in µm")
+    min_tissue_fraction: float = Field(
+        0.5, ge=0, le=1, description="keep a spot if this share of its patch is tissue"
+    )
+
+    @property
+    def spacing(self) -> Microns:
+        return Microns(self.spacing_um)
+
+
+class EncoderArchitecture(StrEnum):
+    """Image encoders the features stage can build without a network."""
+
+    VIT_B_32 = "vit-b-32"
+    VIT_TINY_32 = "vit-tiny-32"
+
+
+class EncoderConfig(_Section):
+    """The frozen image encoder. Weights come from a local file, never from a hub."""
+
+    architecture: EncoderArchitecture = Field(
+        EncoderArchitecture.VIT_B_32,
+        description="vit-b-32: OpenCLIP ViT-B/32 with QuickGELU, the QuiltNet architecture of "
+        "the paper; vit-tiny-32: a 4-layer, 192-wide ViT/32 for demos and tests on CPU",
+    )
+    weights: str | None = Field(
+        None,
+        description="path to local weights (.safetensors, or a torch state dict loaded with "
+        "weights_only=True), or `random` for a randomly initialised encoder with `seed` "
+        "(stated in logs and outputs). Required.",
+    )
+    seed: int = Field(0, ge=0, description="seed for `weights: random`")
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_given(cls, value: str | None) -> str:
+        if value is None or not str(value).strip():
+            raise ValueError(
+                "encoder.weights is not set: give the path of a local weights file, or "
+                "`random` to run with a randomly initialised encoder (demo and tests only)"
+            )
+        return str(value)
+
+    @property
+    def is_random(self) -> bool:
+        return self.weights == RANDOM_WEIGHTS
+
+
+class FeaturesConfig(_Section):
+    """Patch reading and encoding."""
+
+    patch_px: int = Field(224, ge=16, le=4096, description="patch side in pixels")
+    patch_mpp: float = Field(0.5, gt=0, le=100, description="µm per pixel of the patch")
+    batch_size: int = Field(64, ge=1, le=4096, description="patches per encoder batch")
+    num_workers: int = Field(0, ge=0, le=64, description="patch-reading worker processes")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: CUDA when present, else CPU"
+    )
+    chunk_rows: int = Field(1024, ge=1, description="rows per Zarr chunk of the feature store")
+
+    @property
+    def patch_mpp_typed(self) -> Mpp:
+        return Mpp(self.patch_mpp)
+
+    @property
+    def patch_um(self) -> Microns:
+        return Microns(self.patch_px * self.patch_mpp)
+
+
+class GraphConfig(_Section):
+    """The spot graph the decoder runs over."""
+
+    k: int = Field(4, ge=1, le=64, description="nearest neighbours per spot (made undirected)")
+
+
+class DecodeConfig(_Section):
+    checkpoint: Path | None = Field(None, description="HESpotEx checkpoint from `hespotex train`")
+    spot_chunk: int = Field(8192, ge=1, description="spots per chunk of the gene heads")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class TrainingConfig(_Section):
+    """`hespotex train`: the expression autoencoder, then the image stream aligned to it."""
+
+    n_genes: int = Field(256, ge=1, description="most variable shared genes to predict")
+    genes_file: Path | None = Field(None, description="a gene per line; overrides n_genes")
+    latent_dim: int = Field(64, ge=2, description="expression latent size L")
+    gate_hidden: int = Field(512, ge=2, description="hidden width of the autoencoder")
+    gate_k: int = Field(8, ge=1, description="spatial kNN of the autoencoder's graph")
+    gate_epochs: int = Field(300, ge=1, description="autoencoder epochs per section")
+    gate_lr: float = Field(1e-3, gt=0)
+    gate_weight_decay: float = Field(1e-4, ge=0)
+    gradient_clip: float = Field(5.0, gt=0)
+    epochs: int = Field(100, ge=1, description="image-stream epochs (one step per section)")
+    patience: int = Field(
+        20, ge=1, description="stop after this many epochs without a better validation loss"
+    )
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-3, ge=0)
+    dropout: float = Field(0.3, ge=0, lt=1, description="dropout in the latent and gene heads")
+    seed: int = Field(0, ge=0)
+
+
+class OutputsConfig(_Section):
+    heatmap_genes: list[str] = Field(
+        default_factory=list, description="genes drawn as heatmaps over the slide thumbnail"
+    )
+
+
+class PipelineConfig(_Section):
+    """Everything a run needs. Relative paths are relative to the working directory."""
+
+    samples: Path = Field(Path("config/samples.tsv"), description="the sample sheet (TSV)")
+    results: Path = Field(Path("results"), description="per-slide outputs go to results/{id}/")
+    logs: Path = Field(Path("logs"), description="per-rule, per-slide logs")
+    tissue: TissueConfig = TissueConfig()
+    grid: GridConfig = GridConfig()
+    encoder: EncoderConfig
+    features: FeaturesConfig = FeaturesConfig()
+    graph: GraphConfig = GraphConfig()
+    decode: DecodeConfig = DecodeConfig()
+    training: TrainingConfig = TrainingConfig()
+    outputs: OutputsConfig = OutputsConfig()
+
+
+def _format_validation_error(error: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        lines.append(f"  {key}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], source: str = "config") -> PipelineConfig:
+    """Validate a config mapping; errors name each bad key."""
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_format_validation_error(error, source)) from None
+
+
+def load_config(path: Path) -> PipelineConfig:
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the config: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the config must be a mapping of keys to values")
+    return parse_config(data, str(path))
+
+
+class SampleRow(BaseModel):
+    """One row of the sample sheet."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    slide_id: Annotated[str, Field(pattern=SLIDE_ID_PATTERN)]
+    path: Annotated[str, Field(min_length=1)]
+    mpp: Annotated[float | None, Field(gt=0, le=MPP_MAX)] = None
+
+    @property
+    def slide_path(self) -> Path:
+        return Path(self.path)
+
+
+SAMPLE_COLUMNS = ("slide_id", "path", "mpp")
+
+
+def read_sample_sheet(path: Path) -> dict[str, SampleRow]:
+    """Read and validate the sample sheet: unique safe ids, a path per row, sane mpp."""
+    path = Path(path)
+    try:
+        table = pd.read_csv(path, sep="\t", dtype=str, comment="#", keep_default_na=False)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: the sample sheet does not exist") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: not a readable tab-separated sample sheet: {error}") from None
+    missing = [column for column in ("slide_id", "path") if column not in table.columns]
+    if missing:
+        raise ConfigError(
+            f"{path}: the sample sheet lacks column(s) {', '.join(missing)}; "
+            f"expected tab-separated columns {', '.join(SAMPLE_COLUMNS)} (mpp optional)"
+        )
+    unknown = [column for column in table.columns if column not in SAMPLE_COLUMNS]
+    if unknown:
+        raise ConfigError(f"{path}: unknown column(s) {', '.join(unknown)}")
+    rows: dict[str, SampleRow] = {}
+    for line_number, record in enumerate(table.to_dict("records"), start=2):
+        values = {key: value.strip() for key, value in record.items()}
+        if not values.get("mpp"):
+            values.pop("mpp", None)
+        try:
+            row = SampleRow.model_validate(values)
+        except ValidationError as error:
+            problems = "; ".join(
+                f"{'.'.join(map(str, item['loc']))}: {item['msg']}" for item in error.errors()
+            )
+            raise ConfigError(f"{path}, line {line_number}: {problems}") from None
+        if row.slide_id in rows:
+            raise ConfigError(f"{path}, line {line_number}: duplicate slide_id '{row.slide_id}'")
+        rows[row.slide_id] = row
+    if not rows:
+        raise ConfigError(f"{path}: the sample sheet lists no slides")
+    return rows
+
+
+def sample_for(config: PipelineConfig, slide_id: str) -> SampleRow:
+    samples = read_sample_sheet(config.samples)
+    if slide_id not in samples:
+        raise ConfigError(f"{config.samples}: no slide with slide_id '{slide_id}'")
+    return samples[slide_id]

@@ -1,0 +1,170 @@
+"""The frozen image encoder: built locally, weights from a local file, never from a hub.
+
+``vit-b-32`` is OpenCLIP's ViT-B/32 vision tower with QuickGELU, the architecture of QuiltNet
+used by the paper; a QuiltNet ``open_clip_pytorch_model.bin`` (full CLIP state dict) or a
+vision-tower-only file loads into it. ``vit-tiny-32`` is the same design at demo size. Weights
+load without unpickling code: safetensors, or ``torch.load(weights_only=True)``.
+Features are L2-normalised, as CLIP's ``encode_image(normalize=True)`` returns them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from hespotex.config import EncoderArchitecture, EncoderConfig
+from hespotex.errors import ConfigError, InputDataError
+
+logger = logging.getLogger(__name__)
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+_VISION_CONFIGS = {
+    EncoderArchitecture.VIT_B_32: {"image_size": 224, "layers": 12, "width": 768, "patch_size": 32},
+    EncoderArchitecture.VIT_TINY_32: {
+        "image_size": 224,
+        "layers": 4,
+        "width": 192,
+        "head_width": 64,
+        "patch_size": 32,
+    },
+}
+EMBED_DIM = 512
+
+
+@dataclass(frozen=True)
+class EncoderIdentity:
+    """What a feature store and a checkpoint record about the encoder that made features."""
+
+    architecture: str
+    weights: str
+    weights_sha256: str
+    feature_dim: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @property
+    def is_random(self) -> bool:
+        return self.weights == "random"
+
+    def describe(self) -> str:
+        if self.is_random:
+            return (
+                f"{self.architecture} with RANDOM weights ({self.weights_sha256}): "
+                "no pretrained histology knowledge, for demos and tests only"
+            )
+        return f"{self.architecture} with weights {self.weights} (sha256 {self.weights_sha256})"
+
+
+class ImageEncoder(nn.Module):
+    """Normalises uint8-scaled RGB in [0, 1] and returns unit-length feature vectors."""
+
+    def __init__(self, tower: nn.Module, identity: EncoderIdentity):
+        super().__init__()
+        self.tower = tower
+        self.identity = identity
+        self.register_buffer("mean", torch.tensor(identity.mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(identity.std).view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.tower((images - self.mean) / self.std)
+        return nn.functional.normalize(features.float(), dim=-1)
+
+
+def build_tower(architecture: EncoderArchitecture) -> nn.Module:
+    from open_clip.model import _build_vision_tower
+
+    return _build_vision_tower(EMBED_DIM, _VISION_CONFIGS[architecture], quick_gelu=True)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors from a safetensors file or a plain torch state dict; pickled code is refused."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: the encoder weights file does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch and safetensors raise many types on bad files
+        raise InputDataError(
+            path, f"not a loadable weights file (safetensors or tensors-only torch file): {error}"
+        ) from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InputDataError(path, "the weights file does not hold a mapping of tensors")
+    return state
+
+
+def _vision_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Accept a whole CLIP state dict (QuiltNet's file) or the vision tower alone."""
+    for prefix in ("module.visual.", "visual."):
+        if any(key.startswith(prefix) for key in state):
+            return {
+                key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)
+            }
+    return state
+
+
+def load_encoder(config: EncoderConfig) -> ImageEncoder:
+    if config.is_random:
+        torch.manual_seed(config.seed)
+        tower = build_tower(config.architecture)
+        weights, checksum = "random", f"random-seed-{config.seed}"
+        logger.warning(
+            "encoder %s uses RANDOM weights (seed %d): features carry no pretrained knowledge",
+            config.architecture.value,
+            config.seed,
+        )
+    else:
+        path = Path(config.weights)
+        state = _vision_keys(read_state_dict(path))
+        tower = build_tower(config.architecture)
+        missing, unexpected = tower.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise InputDataError(
+                path,
+                f"weights do not fit {config.architecture.value}: missing {sorted(missing)[:5]}, "
+                f"unexpected {sorted(unexpected)[:5]}",
+            )
+        weights, checksum = str(path), file_sha256(path)
+    identity = EncoderIdentity(
+        architecture=config.architecture.value,
+        weights=weights,
+        weights_sha256=checksum,
+        feature_dim=EMBED_DIM,
+        mean=CLIP_MEAN,
+        std=CLIP_STD,
+    )
+    return ImageEncoder(tower, identity).eval()
+
+
+def pick_device(preference: str) -> torch.device:
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: cuda was asked for but no CUDA device is visible")
+    if preference == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(preference)
+
+
+def to_model_input(patches: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 → (N, 3, H, W) float in [0, 1]."""
+    return torch.from_numpy(patches).permute(0, 3, 1, 2).float().div_(255.0)

@@ -1,0 +1,64 @@
+"""Typed errors. Each names the file it is about and says what to do where there is a fix.
+
+A per-slide error fails that slide's job only; Snakemake's ``--keep-going`` lets the rest of
+the cohort finish. The command line turns these into one clear log line and exit status 1.
+"""
+
+from pathlib import Path
+
+
+class HespotexError(Exception):
+    """Base of every error the pipeline raises on purpose."""
+
+
+class ConfigError(HespotexError):
+    """A configuration value or sample-sheet row is invalid; raised before any work starts."""
+
+
+class SlideError(HespotexError):
+    """A problem with one slide file. The message starts with the file's path."""
+
+    def __init__(self, path: Path | str, cause: str):
+        self.path = Path(path)
+        self.cause = cause
+        super().__init__(f"{path}: {cause}")
+
+
+class SlideOpenError(SlideError):
+    """The file is missing, not a slide, or no reader can open it."""
+
+
+class SlideReadError(SlideError):
+    """The slide opened but a region could not be decoded (truncated or corrupt data)."""
+
+
+class MissingMppError(SlideError):
+    """Neither the slide's metadata nor the sample sheet gives the resolution."""
+
+    def __init__(self, path: Path | str, slide_id: str):
+        super().__init__(
+            path,
+            "the slide has no resolution (µm per pixel) in its metadata; add an `mpp` column "
+            f"to the sample sheet and give slide '{slide_id}' its µm per pixel there "
+            "(e.g. 0.25 for 40x, 0.5 for 20x scans)",
+        )
+
+
+class InvalidMppError(SlideError):
+    """A resolution outside (0, 100] µm/px: a unit mistake, not a microscope."""
+
+
+class NoTissueError(SlideError):
+    """Tissue detection or spot placement found nothing to predict on."""
+
+
+class InputDataError(HespotexError):
+    """A training section, feature store or other input file is malformed."""
+
+    def __init__(self, path: Path | str, cause: str):
+        self.path = Path(path)
+        super().__init__(f"{path}: {cause}")
+
+
+class CheckpointError(InputDataError):
+    """A checkpoint is unreadable, incompatible or unsafe."""

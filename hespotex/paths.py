@@ -1,0 +1,65 @@
+"""Where every per-slide file lives: one layer shared by the Snakemake rules and the CLI.
+
+Pure path arithmetic, no I/O. With ``slide_id="{slide}"`` the same object yields Snakemake
+patterns, so rules and code can never disagree on a file name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+STAGES = ("tissue", "tiles", "features", "graph", "decode")
+
+
+@dataclass(frozen=True)
+class SlidePaths:
+    results: Path
+    slide_id: str
+
+    @property
+    def root(self) -> Path:
+        return Path(self.results) / self.slide_id
+
+    @property
+    def tissue_mask(self) -> Path:
+        return self.root / "tissue_mask.png"
+
+    @property
+    def thumbnail(self) -> Path:
+        return self.root / "thumbnail.png"
+
+    @property
+    def tissue_record(self) -> Path:
+        return self.root / "tissue.json"
+
+    @property
+    def tissue_qc(self) -> Path:
+        return self.root / "qc" / "tissue_overlay.png"
+
+    @property
+    def spots(self) -> Path:
+        return self.root / "spots.tsv"
+
+    @property
+    def features(self) -> Path:
+        return self.root / "features.zarr"
+
+    @property
+    def graph(self) -> Path:
+        return self.root / "graph.zarr"
+
+    @property
+    def expression(self) -> Path:
+        return self.root / "expression.h5ad"
+
+    @property
+    def heatmaps(self) -> Path:
+        return self.root / "heatmaps"
+
+    def heatmap(self, gene: str) -> Path:
+        return self.heatmaps / f"{gene}.png"
+
+
+def log_path(logs: Path, stage: str, slide_id: str) -> Path:
+    return Path(logs) / stage / f"{slide_id}.log"

@@ -1,0 +1,71 @@
+"""Checks a run passes before any job starts: what would otherwise fail on every slide.
+
+Called by the Snakefile at parse time and by `hespotex check`: the sample sheet, the encoder
+weights file, and the checkpoint (readable, trained on this encoder, patch geometry and graph
+k as configured, heatmap genes among its genes).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hespotex.checkpoint import check_encoder_matches, read_checkpoint_meta
+from hespotex.config import PipelineConfig, SampleRow, read_sample_sheet
+from hespotex.errors import ConfigError
+
+
+def encoder_weights_id(config: PipelineConfig) -> str:
+    from hespotex.encoders import file_sha256
+
+    if config.encoder.is_random:
+        return f"random-seed-{config.encoder.seed}"
+    weights = Path(config.encoder.weights)
+    if not weights.is_file():
+        raise ConfigError(f"encoder.weights: {weights} does not exist")
+    return file_sha256(weights)
+
+
+def check_run(config: PipelineConfig) -> dict[str, SampleRow]:
+    samples = read_sample_sheet(config.samples)
+    weights_id = encoder_weights_id(config)
+    checkpoint = config.decode.checkpoint
+    if checkpoint is None:
+        raise ConfigError("decode.checkpoint is not set: train one with `hespotex train`")
+    meta = read_checkpoint_meta(checkpoint)
+    check_encoder_matches(
+        checkpoint, meta, config.encoder.architecture.value, weights_id, "the config's encoder"
+    )
+    expected = {
+        "features.patch_px": (config.features.patch_px, meta.encoder.patch_px),
+        "features.patch_mpp": (config.features.patch_mpp, meta.encoder.patch_mpp),
+        "graph.k": (config.graph.k, meta.graph_k),
+    }
+    for key, (configured, trained) in expected.items():
+        if configured != trained:
+            raise ConfigError(
+                f"{key} is {configured} but checkpoint {checkpoint} was trained with {trained}"
+            )
+    unknown = [gene for gene in config.outputs.heatmap_genes if gene not in meta.genes]
+    if unknown:
+        raise ConfigError(
+            f"outputs.heatmap_genes: {', '.join(unknown)} not predicted by checkpoint {checkpoint}"
+        )
+    return samples
+
+
+def write_run_config(config: PipelineConfig, path: Path) -> Path:
+    """The validated config as JSON for the rules' `hespotex` calls; rewritten only when it
+    changes, so an unchanged config never touches a file's time stamp."""
+    from hespotex.atomic import write_json
+
+    payload = config.model_dump(mode="json")
+    path = Path(path)
+    if path.is_file():
+        try:
+            if json.loads(path.read_text()) == payload:
+                return path
+        except json.JSONDecodeError:
+            pass
+    write_json(path, payload)
+    return path

@@ -1,0 +1,50 @@
+# Config and sample sheet are validated here, before any job starts; every path comes from
+# hespotex.paths so the rules and the `hespotex` commands agree on file names.
+import pandas as pd
+from snakemake.utils import validate
+
+from hespotex.config import SLIDE_ID_PATTERN, parse_config
+from hespotex.errors import HespotexError
+from hespotex.paths import SlidePaths
+from hespotex.preflight import check_run, write_run_config
+
+
+validate(config, schema="../schemas/config.schema.yaml")
+validate(
+    pd.read_csv(config["samples"], sep="\t", dtype={"slide_id": str, "path": str}, comment="#"),
+    schema="../schemas/samples.schema.yaml",
+)
+try:
+    SETTINGS = parse_config(config, "config")
+    SAMPLES = check_run(SETTINGS)
+except HespotexError as error:
+    raise WorkflowError(str(error)) from None
+
+SLIDES = list(SAMPLES)
+
+
+class SnakemakePatterns:
+    """SlidePaths with the `{slide}` wildcard, as the strings Snakemake's directives take."""
+
+    def __init__(self, results):
+        self._paths = SlidePaths(results, "{slide}")
+
+    def __getattr__(self, name):
+        return str(getattr(self._paths, name))
+
+
+PATHS = SnakemakePatterns(SETTINGS.results)
+LOGS = str(SETTINGS.logs)
+RUN_CONFIG = str(write_run_config(SETTINGS, SETTINGS.results / ".hespotex" / "config.json"))
+ENV = "../../envs/hespotex.yaml"
+
+
+wildcard_constraints:
+    slide=SLIDE_ID_PATTERN.strip("^$"),
+
+
+def slide_file(wildcards):
+    """The slide as input when it exists; a missing file fails its own tissue job with a
+    message naming it, instead of stopping the whole cohort at DAG building."""
+    path = SAMPLES[wildcards.slide].slide_path
+    return [str(path)] if path.exists() else []

@@ -1,0 +1,14 @@
+rule tissue:
+    input:
+        slide_file,
+    output:
+        mask=PATHS.tissue_mask,
+        thumbnail=PATHS.thumbnail,
+        qc=PATHS.tissue_qc,
+        record=PATHS.tissue_record,
+    log:
+        f"{LOGS}/tissue/{{slide}}.log",
+    conda:
+        ENV
+    shell:
+        "hespotex tissue --config {RUN_CONFIG} {wildcards.slide} > {log} 2>&1"
