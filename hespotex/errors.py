@@ -52,6 +52,10 @@ class NoTissueError(SlideError):
     """Tissue detection or spot placement found nothing to predict on."""
 
 
+class NotBrightfieldError(NoTissueError):
+    """The slide is not a brightfield H&E scan (e.g. fluorescence)."""
+
+
 class InputDataError(HespotexError):
     """A training section, feature store or other input file is malformed."""
 

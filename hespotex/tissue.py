@@ -20,12 +20,16 @@ from skimage.segmentation import find_boundaries
 from hespotex import __version__
 from hespotex.atomic import write_json, write_png
 from hespotex.config import PipelineConfig, TissueConfig
+from hespotex.errors import NotBrightfieldError
 from hespotex.paths import SlidePaths
 from hespotex.slide import Slide
 
 logger = logging.getLogger(__name__)
 
 OUTLINE_RGB = (0, 200, 0)
+# Brightfield glass is bright; a slide whose typical pixel is this dark is fluorescence (or
+# a failed scan), and thresholding its saturation would call the black background tissue.
+BRIGHTFIELD_MIN_MEDIAN_VALUE = 0.35
 
 
 def tissue_mask(rgb: np.ndarray, mask_mpp: float, config: TissueConfig) -> np.ndarray:
@@ -76,6 +80,13 @@ class TissueRecord:
 def run_tissue(slide: Slide, slide_id: str, config: PipelineConfig) -> TissueRecord:
     paths = SlidePaths(config.results, slide_id)
     overview, downsample = slide.read_overview(config.tissue.mask_mpp)
+    median_value = float(np.median(overview.max(axis=2))) / 255
+    if median_value < BRIGHTFIELD_MIN_MEDIAN_VALUE:
+        raise NotBrightfieldError(
+            slide.path,
+            f"the slide is mostly dark (median brightness {median_value:.2f}): it looks like "
+            "fluorescence, not brightfield H&E, which HESpotEx needs",
+        )
     mask_mpp = slide.mpp * downsample
     mask = tissue_mask(overview, mask_mpp, config.tissue)
     area_mm2 = float(mask.sum()) * mask_mpp * mask_mpp / 1e6

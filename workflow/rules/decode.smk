@@ -9,9 +9,11 @@ rule decode:
     output:
         expression=PATHS.expression,
         heatmaps=directory(PATHS.heatmaps),
+    params:
+        config=RUN_CONFIG,
     log:
         f"{LOGS}/decode/{{slide}}.log",
     conda:
         ENV
     shell:
-        "hespotex decode --config {RUN_CONFIG} {wildcards.slide} > {log} 2>&1"
+        "hespotex decode --config {params.config} {wildcards.slide} > {log} 2>&1"

@@ -4,10 +4,12 @@ rule features:
         spots=PATHS.spots,
     output:
         features=directory(PATHS.features),
+    params:
+        config=RUN_CONFIG,
     log:
         f"{LOGS}/features/{{slide}}.log",
     threads: max(1, SETTINGS.features.num_workers)
     conda:
         ENV
     shell:
-        "hespotex features --config {RUN_CONFIG} {wildcards.slide} > {log} 2>&1"
+        "hespotex features --config {params.config} {wildcards.slide} > {log} 2>&1"

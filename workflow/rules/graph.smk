@@ -3,9 +3,11 @@ rule graph:
         features=PATHS.features,
     output:
         graph=directory(PATHS.graph),
+    params:
+        config=RUN_CONFIG,
     log:
         f"{LOGS}/graph/{{slide}}.log",
     conda:
         ENV
     shell:
-        "hespotex graph --config {RUN_CONFIG} {wildcards.slide} > {log} 2>&1"
+        "hespotex graph --config {params.config} {wildcards.slide} > {log} 2>&1"

@@ -4,9 +4,11 @@ rule tiles:
         record=PATHS.tissue_record,
     output:
         spots=PATHS.spots,
+    params:
+        config=RUN_CONFIG,
     log:
         f"{LOGS}/tiles/{{slide}}.log",
     conda:
         ENV
     shell:
-        "hespotex tiles --config {RUN_CONFIG} {wildcards.slide} > {log} 2>&1"
+        "hespotex tiles --config {params.config} {wildcards.slide} > {log} 2>&1"

@@ -6,9 +6,11 @@ rule tissue:
         thumbnail=PATHS.thumbnail,
         qc=PATHS.tissue_qc,
         record=PATHS.tissue_record,
+    params:
+        config=RUN_CONFIG,
     log:
         f"{LOGS}/tissue/{{slide}}.log",
     conda:
         ENV
     shell:
-        "hespotex tissue --config {RUN_CONFIG} {wildcards.slide} > {log} 2>&1"
+        "hespotex tissue --config {params.config} {wildcards.slide} > {log} 2>&1"

@@ -1,0 +1,34 @@
+# Two commands do all the set-up on a fresh machine (Python 3.11, package registries only):
+#   make demo   build .venv if missing, build the demo data, train its checkpoint, run the cohort
+#   make test   build .venv if missing, then ruff, snakemake --lint (in the tests) and pytest
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+CORES ?= 2
+export PATH := $(BIN):$(PATH)
+
+.PHONY: demo test env
+
+env: $(VENV)/installed.stamp
+
+$(VENV)/installed.stamp: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+demo/training/sections.tsv: | $(VENV)/installed.stamp
+	$(BIN)/hespotex demo-data --out demo
+
+demo/model.safetensors: demo/training/sections.tsv config/demo.yaml
+	$(BIN)/hespotex train --config config/demo.yaml --sections demo/training/sections.tsv \
+		--validation b4-right --out $@
+
+demo: demo/model.safetensors
+	$(BIN)/snakemake --profile workflow/profiles/local --configfile config/demo.yaml \
+		--cores $(CORES)
+
+test: $(VENV)/installed.stamp
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest

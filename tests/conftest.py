@@ -1,0 +1,124 @@
+"""Shared fixtures: real data paths, small pyramids of real H&E pixels, a trained checkpoint.
+
+Real files are read from ``../shared/data`` beside the checkout, never copied. The encoder in
+tests is ``vit-tiny-32`` with random weights (no pretrained weights can be downloaded here).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
+SLIDES = SHARED_DATA / "slides"
+SVS = SLIDES / "CMU-1-Small-Region.svs"
+DICOM_FOLDER = SLIDES / "CMU-1-Small-Region-dicom"
+OME_TIFF = SLIDES / "OS-1-detail.ome.tif"
+NDPI = SLIDES / "test3-DAPI-2-387.ndpi"
+OPENSLIDE_REJECTS = SLIDES / "TCGA-XK-AAJU-small.dcm"
+
+TEST_ENCODER = {"architecture": "vit-tiny-32", "weights": "random", "seed": 0}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_data_present() -> None:
+    if not SVS.is_file():
+        pytest.fail(f"the real test data is missing: expected {SHARED_DATA} beside the checkout")
+
+
+@pytest.fixture(scope="session")
+def he_tile() -> np.ndarray:
+    """A real H&E tile shipped by tiatoolbox (1000 × 1000 px)."""
+    from tiatoolbox.data import stain_norm_target
+
+    return stain_norm_target()
+
+
+def tissue_on_glass(he_tile: np.ndarray, size: tuple[int, int], box: tuple[int, int, int, int]):
+    """A slide image: glass (near-white) with real H&E pixels tiled into ``box``
+    (x0, y0, x1, y1)."""
+    width, height = size
+    image = np.full((height, width, 3), 243, dtype=np.uint8)
+    x0, y0, x1, y1 = box
+    reps_y = -(-(y1 - y0) // he_tile.shape[0])
+    reps_x = -(-(x1 - x0) // he_tile.shape[1])
+    tiled = np.tile(he_tile, (reps_y, reps_x, 1))
+    image[y0:y1, x0:x1] = tiled[: y1 - y0, : x1 - x0]
+    return image
+
+
+@pytest.fixture(scope="session")
+def small_pyramids(tmp_path_factory, he_tile) -> dict[str, Path]:
+    """Pyramidal JPEG TIFFs of real H&E pixels: one at 0.25 µm/px with resolution tags,
+    one without any resolution (its mpp must come from the sheet)."""
+    from hespotex.demo import write_pyramid_tiff
+
+    folder = tmp_path_factory.mktemp("pyramids")
+    tagged = folder / "tagged-40x.tif"
+    untagged = folder / "untagged.tif"
+    write_pyramid_tiff(tagged, tissue_on_glass(he_tile, (3000, 2400), (400, 300, 2600, 2100)), 0.25)
+    write_pyramid_tiff(
+        untagged, tissue_on_glass(he_tile, (1800, 1600), (200, 200, 1600, 1400)), None
+    )
+    return {"tagged": tagged, "untagged": untagged}
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory) -> Path:
+    """A small checkpoint trained by `hespotex train` on the demo's planted B4 sections."""
+    from hespotex.checkpoint import save_checkpoint
+    from hespotex.config import parse_config
+    from hespotex.demo import build_training
+    from hespotex.sections import read_sections_sheet
+    from hespotex.training import train
+
+    folder = tmp_path_factory.mktemp("training")
+    build_training(folder, SHARED_DATA)
+    config = parse_config(
+        {
+            "encoder": TEST_ENCODER,
+            "training": {"gate_epochs": 40, "epochs": 60, "patience": 15},
+        }
+    )
+    model, meta = train(
+        read_sections_sheet(folder / "training" / "sections.tsv"), "b4-right", config
+    )
+    checkpoint = folder / "model.safetensors"
+    save_checkpoint(checkpoint, model, meta)
+    return checkpoint
+
+
+def write_sheet(path: Path, rows: list[tuple[str, Path | str, float | None]]) -> Path:
+    lines = ["slide_id\tpath\tmpp"]
+    lines += [f"{slide_id}\t{file}\t{'' if mpp is None else mpp}" for slide_id, file, mpp in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_config(folder: Path, sheet: Path, checkpoint: Path | None, **sections) -> Path:
+    """A run config with every path absolute, results and logs inside ``folder``."""
+    config = {
+        "samples": str(sheet),
+        "results": str(folder / "results"),
+        "logs": str(folder / "logs"),
+        "encoder": TEST_ENCODER,
+        "decode": {"checkpoint": str(checkpoint) if checkpoint else None},
+        **sections,
+    }
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def venv_env() -> dict[str, str]:
+    """The environment for subprocesses: this interpreter's bin first, so rules find
+    `hespotex`."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env

@@ -1,0 +1,135 @@
+import json
+
+import anndata as ad
+import numpy as np
+import pytest
+from conftest import SVS, TEST_ENCODER
+
+from hespotex.checkpoint import load_checkpoint, read_checkpoint_meta
+from hespotex.config import parse_config
+from hespotex.decode import run_decode
+from hespotex.errors import CheckpointError, ConfigError
+from hespotex.features import run_features
+from hespotex.graph import run_graph
+from hespotex.paths import SlidePaths
+from hespotex.preflight import check_run
+from hespotex.slide import open_slide
+from hespotex.store import read_graph_store
+from hespotex.tiling import run_tiles
+from hespotex.tissue import run_tissue
+
+
+@pytest.fixture(scope="module")
+def decoded(tmp_path_factory, trained_checkpoint):
+    results = tmp_path_factory.mktemp("results")
+    config = parse_config(
+        {
+            "encoder": TEST_ENCODER,
+            "results": str(results),
+            "decode": {"checkpoint": str(trained_checkpoint), "spot_chunk": 13},
+            "outputs": {"heatmap_genes": ["PLANTED_HEMATOXYLIN"]},
+        }
+    )
+    with open_slide(SVS, "svs") as slide:
+        run_tissue(slide, "svs", config)
+        run_tiles("svs", config)
+        run_features(slide, "svs", config)
+    run_graph("svs", config)
+    run_decode("svs", config)
+    return config, SlidePaths(results, "svs")
+
+
+def test_checkpoint_carries_genes_encoder_and_normalisation(trained_checkpoint):
+    meta = read_checkpoint_meta(trained_checkpoint)
+    assert "PLANTED_HEMATOXYLIN" in meta.genes and len(meta.genes) == 32
+    assert meta.encoder.architecture == "vit-tiny-32"
+    assert meta.encoder.weights_sha256 == "random-seed-0"
+    assert meta.normalisation == "cpm_log1p" and meta.target_sum == 1e6
+    assert meta.graph_k == 4 and meta.latent_dim == 64
+    assert meta.trained_on == ["b4-left"]
+    assert meta.training["validation_section"] == "b4-right"
+    model, _ = load_checkpoint(trained_checkpoint)
+    assert model.shape.n_genes == 32
+
+
+def test_graph_store_is_symmetric_knn_on_the_feature_coordinates(decoded):
+    _, paths = decoded
+    edges, attributes = read_graph_store(paths.graph)
+    assert attributes["k"] == 4 and attributes["undirected"] is True
+    pairs = set(map(tuple, edges.T))
+    assert all((b, a) in pairs for a, b in pairs)
+
+
+def test_expression_h5ad_has_what_scanpy_and_squidpy_need(decoded):
+    _, paths = decoded
+    adata = ad.read_h5ad(paths.expression)
+    n_spots = len(paths.spots.read_text().splitlines()) - 1
+    assert adata.shape == (n_spots, 32)
+    assert {"x_px", "y_px", "x_um", "y_um"} <= set(adata.obs.columns)
+    assert np.allclose(adata.obsm["spatial"], adata.obs[["x_px", "y_px"]].to_numpy())
+    assert np.allclose(adata.obs.x_um, adata.obs.x_px * 0.499, rtol=1e-3)
+    library = adata.uns["spatial"]["svs"]
+    assert library["images"]["hires"].ndim == 3
+    scale = library["scalefactors"]["tissue_hires_scalef"]
+    assert scale == pytest.approx(0.499 / 8.0, rel=0.02)
+    assert library["scalefactors"]["spot_diameter_fullres"] == pytest.approx(100 / 0.499)
+    assert adata.uns["hespotex"]["encoder_random_weights"]
+    assert np.isfinite(adata.X).all() and adata.X.std(axis=0).max() > 0
+    assert (paths.heatmaps / "PLANTED_HEMATOXYLIN.png").is_file()
+
+
+def test_scanpy_draws_the_spatial_plot_unchanged(decoded, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import scanpy as sc
+
+    _, paths = decoded
+    adata = ad.read_h5ad(paths.expression)
+    sc.pl.spatial(adata, color="PLANTED_HEMATOXYLIN", library_id="svs", show=False)
+    import matplotlib.pyplot as plt
+
+    plt.savefig(tmp_path / "spatial.png")
+    assert (tmp_path / "spatial.png").stat().st_size > 10_000
+
+
+def test_features_from_another_encoder_are_refused(decoded, trained_checkpoint):
+    config, paths = decoded
+    attributes_file = paths.features / "zarr.json"
+    metadata = json.loads(attributes_file.read_text())
+    original = attributes_file.read_text()
+    metadata["attributes"]["encoder_weights_sha256"] = "0" * 64
+    attributes_file.write_text(json.dumps(metadata))
+    try:
+        with pytest.raises(CheckpointError) as error:
+            run_decode("svs", config)
+        assert str(trained_checkpoint) in str(error.value)
+        assert "use the encoder the checkpoint was trained with" in str(error.value)
+    finally:
+        attributes_file.write_text(original)
+
+
+def test_preflight_refuses_a_mismatched_encoder_unknown_gene_and_corrupt_checkpoint(
+    tmp_path, trained_checkpoint
+):
+    sheet = tmp_path / "s.tsv"
+    sheet.write_text(f"slide_id\tpath\nsvs\t{SVS}\n")
+    base = {"samples": str(sheet), "decode": {"checkpoint": str(trained_checkpoint)}}
+    assert list(check_run(parse_config({**base, "encoder": TEST_ENCODER}))) == ["svs"]
+    other = {**TEST_ENCODER, "seed": 1}
+    with pytest.raises(CheckpointError, match="random-seed-1"):
+        check_run(parse_config({**base, "encoder": other}))
+    with pytest.raises(ConfigError, match="NOT_A_GENE"):
+        check_run(
+            parse_config(
+                {**base, "encoder": TEST_ENCODER, "outputs": {"heatmap_genes": ["NOT_A_GENE"]}}
+            )
+        )
+    with pytest.raises(ConfigError, match="graph.k"):
+        check_run(parse_config({**base, "encoder": TEST_ENCODER, "graph": {"k": 6}}))
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(CheckpointError, match="corrupt.safetensors"):
+        check_run(
+            parse_config({**base, "encoder": TEST_ENCODER, "decode": {"checkpoint": str(corrupt)}})
+        )

@@ -1,0 +1,132 @@
+import shutil
+
+import numpy as np
+import pytest
+from conftest import DICOM_FOLDER, NDPI, OME_TIFF, OPENSLIDE_REJECTS, SVS
+
+from hespotex.errors import InvalidMppError, MissingMppError, SlideOpenError, SlideReadError
+from hespotex.slide import ArraySlide, Slide, open_backend, open_slide, resolve_mpp
+
+
+def test_aperio_svs_opens_with_openslide_and_its_mpp():
+    with open_slide(SVS, "svs") as slide:
+        assert slide.reader == "openslide"
+        assert slide.dimensions == (2220, 2967)
+        assert slide.mpp == pytest.approx(0.499)
+        assert slide.mpp_source.startswith("slide metadata")
+
+
+def test_dicom_series_opens_from_its_folder_and_from_any_file():
+    with open_slide(DICOM_FOLDER, "dicom") as slide:
+        assert slide.dimensions == (2220, 2967)
+        assert slide.mpp == pytest.approx(0.499)
+    for member in sorted(DICOM_FOLDER.glob("*.dcm")):
+        with open_slide(member, "dicom") as slide:
+            assert slide.dimensions == (2220, 2967)
+
+
+def test_ome_tiff_that_openslide_rejects_opens_with_tifffile_and_ome_mpp():
+    with open_slide(OME_TIFF, "ome") as slide:
+        assert slide.reader == "tifffile"
+        assert slide.dimensions == (1101, 1101)
+        assert slide.mpp == pytest.approx(0.2271, abs=1e-3)
+        patch = slide.read_field((550, 550), slide.plan(112.0, 0.5))
+        assert patch.shape == (224, 224, 3)
+        assert patch.std() > 10, "real tissue pixels, not a blank"
+
+
+def test_ndpi_has_seven_levels_and_level_choice_follows_resolution():
+    with open_slide(NDPI, "ndpi") as slide:
+        assert len(slide.backend.level_dimensions) == 7
+        assert slide.mpp == pytest.approx(0.2282, abs=1e-3)
+        assert slide.best_level(0.5) == 1
+        assert slide.best_level(0.2) == 0
+        assert slide.best_level(4.0) == 4
+
+
+def test_the_file_openslide_rejects_fails_naming_file_and_cause():
+    with pytest.raises(SlideOpenError) as error:
+        open_slide(OPENSLIDE_REJECTS, "tcga")
+    assert str(OPENSLIDE_REJECTS) in str(error.value)
+    assert "Couldn't get image flavor" in str(error.value)
+
+
+def test_missing_path_and_non_slide_files_fail_clearly(tmp_path):
+    with pytest.raises(SlideOpenError, match="does not exist"):
+        open_backend(tmp_path / "nope.svs")
+    text = tmp_path / "notes.svs"
+    text.write_text("this is not a slide\n")
+    with pytest.raises(SlideOpenError, match=r"notes\.svs: no reader can open it"):
+        open_backend(text)
+    empty = tmp_path / "empty.tif"
+    empty.write_bytes(b"")
+    with pytest.raises(SlideOpenError, match="empty"):
+        open_backend(empty)
+    with pytest.raises(SlideOpenError, match="no DICOM"):
+        open_backend(tmp_path)
+
+
+def test_truncated_slide_fails_naming_the_file(tmp_path, small_pyramids):
+    truncated = tmp_path / "truncated.tif"
+    data = small_pyramids["tagged"].read_bytes()
+    truncated.write_bytes(data[: len(data) // 3])
+    with (
+        pytest.raises((SlideOpenError, SlideReadError)) as error,
+        open_slide(truncated, "cut") as slide,
+    ):
+        slide.read_overview(8.0)
+        for y in range(0, slide.dimensions[1], 200):
+            slide.read_field((1500, y), slide.plan(112.0, 0.5))
+    assert str(truncated) in str(error.value)
+
+
+def test_pyramid_written_by_tifffile_reads_at_the_right_level(small_pyramids):
+    with open_slide(small_pyramids["tagged"], "tagged") as slide:
+        assert slide.mpp == pytest.approx(0.25)
+        assert len(slide.backend.level_dimensions) >= 3
+        plan = slide.plan(112.0, 0.5)
+        assert plan.level == 1
+        assert plan.level_px == 224
+        assert plan.output_px == 224
+
+
+def test_sheet_mpp_wins_and_a_slide_without_one_says_how_to_fix_it(small_pyramids):
+    backend = open_backend(small_pyramids["untagged"])
+    assert backend.metadata_mpp is None
+    with pytest.raises(MissingMppError) as error:
+        resolve_mpp(backend, None, "untagged")
+    message = str(error.value)
+    assert str(small_pyramids["untagged"]) in message
+    assert "`mpp` column" in message and "untagged" in message
+    assert resolve_mpp(backend, 0.5, "untagged") == (0.5, "sample sheet")
+    tagged = open_backend(small_pyramids["tagged"])
+    assert resolve_mpp(tagged, 0.3, "tagged") == (0.3, "sample sheet")
+    for absurd in (0.0, -1.0, 150.0):
+        with pytest.raises(InvalidMppError, match="outside"):
+            resolve_mpp(backend, absurd, "untagged")
+
+
+def test_fields_off_the_slide_edge_are_glass_white():
+    pixels = np.zeros((100, 100, 3), dtype=np.uint8)
+    slide = Slide(ArraySlide(pixels), 1.0, "test")
+    plan = slide.plan(40.0, 1.0)
+    corner = slide.read_field((0, 0), plan)
+    assert corner.shape == (40, 40, 3)
+    assert (corner[:20, :20] == 255).all()
+    assert (corner[20:, 20:] == 0).all()
+
+
+def test_overview_in_bands_matches_a_direct_downscale(he_tile):
+    slide = Slide(ArraySlide(he_tile), 0.5, "test")
+    overview, downsample = slide.read_overview(4.0, band_px=128)
+    assert overview.shape == (125, 125, 3)
+    assert downsample == pytest.approx(8.0)
+    whole, _ = slide.read_overview(4.0, band_px=4096)
+    assert np.abs(overview.astype(int) - whole.astype(int)).mean() < 2.0
+
+
+def test_dicom_folder_needs_no_copy(tmp_path):
+    copy = tmp_path / "series"
+    shutil.copytree(DICOM_FOLDER, copy)
+    with open_slide(copy, "copy") as slide:
+        assert slide.dimensions == (2220, 2967)
