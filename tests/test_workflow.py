@@ -1,0 +1,227 @@
+"""End to end: the real `snakemake` on small cohorts of real slides, as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pytest
+from conftest import (
+    DICOM_FOLDER,
+    OME_TIFF,
+    OPENSLIDE_REJECTS,
+    REPO,
+    SVS,
+    venv_env,
+    write_config,
+    write_sheet,
+)
+
+from hespotex.paths import STAGES, SlidePaths
+
+pytestmark = pytest.mark.e2e
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+
+
+def snakemake_command(workdir: Path, config: Path, *args: str) -> list[str]:
+    return [
+        SNAKEMAKE,
+        "--snakefile", str(REPO / "Snakefile"),
+        "--directory", str(workdir),
+        "--configfile", str(config),
+        *args,
+    ]  # fmt: skip
+
+
+def run_snakemake(workdir: Path, config: Path, *args: str, timeout: int = 900):
+    return subprocess.run(
+        snakemake_command(workdir, config, *args),
+        env=venv_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def outputs_of(results: Path, slide_id: str) -> list[Path]:
+    paths = SlidePaths(results, slide_id)
+    return [
+        paths.tissue_mask,
+        paths.thumbnail,
+        paths.tissue_qc,
+        paths.tissue_record,
+        paths.spots,
+        paths.features,
+        paths.graph,
+        paths.expression,
+        paths.heatmaps,
+    ]
+
+
+@pytest.fixture(scope="module")
+def cohort_run(tmp_path_factory, small_pyramids, trained_checkpoint):
+    folder = tmp_path_factory.mktemp("cohort")
+    sheet = write_sheet(
+        folder / "samples.tsv",
+        [
+            ("svs", SVS, None),
+            ("dicom", DICOM_FOLDER, None),
+            ("ome", OME_TIFF, None),
+            ("tagged", small_pyramids["tagged"], None),
+            ("untagged", small_pyramids["untagged"], 0.5),
+        ],
+    )
+    config = write_config(
+        folder,
+        sheet,
+        trained_checkpoint,
+        outputs={"heatmap_genes": ["PLANTED_HEMATOXYLIN"]},
+    )
+    result = run_snakemake(folder, config, "--cores", "2")
+    return folder, config, result
+
+
+def test_snakemake_runs_the_cohort_to_expression_maps(cohort_run):
+    folder, _, result = cohort_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = folder / "results"
+    for slide_id in ("svs", "dicom", "ome", "tagged", "untagged"):
+        for path in outputs_of(results, slide_id):
+            assert path.exists(), path
+        for stage in STAGES:
+            assert (folder / "logs" / stage / f"{slide_id}.log").is_file()
+        adata = ad.read_h5ad(SlidePaths(results, slide_id).expression)
+        assert adata.n_obs > 0 and adata.n_vars == 32
+        assert slide_id in adata.uns["spatial"]
+        assert (SlidePaths(results, slide_id).heatmaps / "PLANTED_HEMATOXYLIN.png").is_file()
+    assert not list(results.rglob("*.tmp"))
+    untagged = ad.read_h5ad(SlidePaths(results, "untagged").expression)
+    assert untagged.uns["hespotex"]["mpp_source"] == "sample sheet"
+    features_log = (folder / "logs" / "features" / "svs.log").read_text()
+    assert "RANDOM weights" in features_log
+
+
+def test_the_same_pixels_in_svs_and_dicom_give_the_same_map(cohort_run):
+    folder, _, _ = cohort_run
+    svs = ad.read_h5ad(SlidePaths(folder / "results", "svs").expression)
+    dicom = ad.read_h5ad(SlidePaths(folder / "results", "dicom").expression)
+    assert svs.shape == dicom.shape
+    assert np.allclose(svs.obsm["spatial"], dicom.obsm["spatial"])
+    assert np.corrcoef(svs.X.ravel(), dicom.X.ravel())[0, 1] > 0.99
+
+
+def test_a_finished_run_has_nothing_left_to_do(cohort_run):
+    folder, config, _ = cohort_run
+    result = run_snakemake(folder, config, "--cores", "2", "--dry-run")
+    assert result.returncode == 0
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_snakemake_lint_is_clean(cohort_run):
+    folder, config, _ = cohort_run
+    result = run_snakemake(folder, config, "--lint")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
+
+
+def test_bad_config_stops_before_any_job_naming_the_key(tmp_path, trained_checkpoint):
+    sheet = write_sheet(tmp_path / "samples.tsv", [("svs", SVS, None)])
+    config = write_config(tmp_path, sheet, trained_checkpoint, grid={"spacing_um": -100})
+    result = run_snakemake(tmp_path, config, "--cores", "1")
+    assert result.returncode != 0
+    assert "spacing_um" in result.stderr
+    assert not (tmp_path / "results" / "svs").exists()
+
+
+def test_bad_sample_sheet_stops_before_any_job_naming_the_row(tmp_path, trained_checkpoint):
+    sheet = write_sheet(tmp_path / "samples.tsv", [("svs", SVS, None), ("svs", OME_TIFF, None)])
+    config = write_config(tmp_path, sheet, trained_checkpoint)
+    result = run_snakemake(tmp_path, config, "--cores", "1")
+    assert result.returncode != 0
+    assert "duplicate slide_id 'svs'" in result.stderr
+    assert not (tmp_path / "results" / "svs").exists()
+
+
+def test_keep_going_finishes_good_slides_and_logs_why_bad_ones_failed(
+    tmp_path, small_pyramids, trained_checkpoint
+):
+    truncated = tmp_path / "truncated.tif"
+    data = small_pyramids["tagged"].read_bytes()
+    truncated.write_bytes(data[: len(data) // 3])
+    missing = tmp_path / "gone.svs"
+    sheet = write_sheet(
+        tmp_path / "samples.tsv",
+        [
+            ("good", SVS, None),
+            ("truncated", truncated, None),
+            ("rejected", OPENSLIDE_REJECTS, None),
+            ("missing", missing, None),
+        ],
+    )
+    config = write_config(tmp_path, sheet, trained_checkpoint)
+    result = run_snakemake(tmp_path, config, "--cores", "2", "--keep-going")
+    assert result.returncode != 0
+    assert SlidePaths(tmp_path / "results", "good").expression.is_file()
+    causes = {
+        "truncated": str(truncated),
+        "rejected": "Couldn't get image flavor",
+        "missing": "does not exist",
+    }
+    for slide_id, cause in causes.items():
+        assert not SlidePaths(tmp_path / "results", slide_id).expression.exists()
+        logs = "".join(p.read_text() for p in (tmp_path / "logs").glob(f"*/{slide_id}.log"))
+        error_lines = [line for line in logs.splitlines() if " ERROR " in line]
+        assert error_lines, f"no error logged for {slide_id}"
+        assert any(cause in line for line in error_lines), error_lines
+        assert any(f"[slide {slide_id}]" in line for line in error_lines)
+    assert not list((tmp_path / "results").rglob("*.tmp"))
+
+
+def test_sigkill_during_features_then_rerun_incomplete_finishes_without_redoing(
+    tmp_path, small_pyramids, trained_checkpoint
+):
+    sheet = write_sheet(
+        tmp_path / "samples.tsv",
+        [("first", SVS, None), ("second", small_pyramids["tagged"], None)],
+    )
+    config = write_config(tmp_path, sheet, trained_checkpoint, grid={"spacing_um": 40.0})
+    results = tmp_path / "results"
+    first = SlidePaths(results, "first")
+    done = run_snakemake(tmp_path, config, "--cores", "2", str(first.expression))
+    assert done.returncode == 0, done.stderr[-2000:]
+    finished_mtimes = {path: path.stat().st_mtime_ns for path in outputs_of(results, "first")}
+
+    second = SlidePaths(results, "second")
+    partial = second.features.with_name(second.features.name + ".tmp")
+    process = subprocess.Popen(
+        snakemake_command(tmp_path, config, "--cores", "1"),
+        env=venv_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 600
+    while not partial.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert partial.exists(), "the features of 'second' were never seen being written"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not second.features.exists(), "a partial feature store looks finished"
+    assert not second.expression.exists()
+
+    assert run_snakemake(tmp_path, config, "--unlock").returncode == 0
+    resumed = run_snakemake(tmp_path, config, "--cores", "2", "--rerun-incomplete")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for path in outputs_of(results, "second"):
+        assert path.exists(), path
+    assert not partial.exists()
+    for path, mtime in finished_mtimes.items():
+        assert path.stat().st_mtime_ns == mtime, f"{path} was recomputed"
+    adata = ad.read_h5ad(second.expression)
+    assert adata.n_obs == len(second.spots.read_text().splitlines()) - 1
