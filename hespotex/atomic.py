@@ -7,6 +7,7 @@ run is removed before the next attempt writes.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -18,7 +19,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from hespotex.errors import OutputWriteError
+
 TMP_SUFFIX = ".tmp"
+WRITE_FAILURES = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EROFS}
 
 
 def _remove(path: Path) -> None:
@@ -41,6 +45,11 @@ def atomic_path(final: Path | str) -> Iterator[Path]:
     _remove(tmp)
     try:
         yield tmp
+    except OSError as error:
+        _remove(tmp)
+        if error.errno in WRITE_FAILURES:
+            raise OutputWriteError(final, os.strerror(error.errno)) from error
+        raise
     except BaseException:
         _remove(tmp)
         raise

@@ -103,6 +103,12 @@ class FeaturesConfig(_Section):
 
     patch_px: int = Field(224, ge=16, le=4096, description="patch side in pixels")
     patch_mpp: float = Field(0.5, gt=0, le=100, description="µm per pixel of the patch")
+    max_upsampling: float = Field(
+        2.0,
+        ge=1,
+        description="refuse slides whose finest level is more than this factor coarser "
+        "than patch_mpp (patches would be mostly interpolation)",
+    )
     batch_size: int = Field(64, ge=1, le=4096, description="patches per encoder batch")
     num_workers: int = Field(0, ge=0, le=64, description="patch-reading worker processes")
     device: Literal["auto", "cpu", "cuda"] = Field(

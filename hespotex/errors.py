@@ -48,6 +48,14 @@ class InvalidMppError(SlideError):
     """A resolution outside (0, 100] µm/px: a unit mistake, not a microscope."""
 
 
+class EncoderMemoryError(SlideError):
+    """The encoder does not fit the device's memory even one patch at a time."""
+
+
+class ResolutionTooCoarseError(SlideError):
+    """The slide's finest level is much coarser than the patches asked for."""
+
+
 class NoTissueError(SlideError):
     """Tissue detection or spot placement found nothing to predict on."""
 
@@ -56,12 +64,24 @@ class NotBrightfieldError(NoTissueError):
     """The slide is not a brightfield H&E scan (e.g. fluorescence)."""
 
 
+class SlideTooSmallError(NoTissueError):
+    """The whole slide is smaller than one patch."""
+
+
 class InputDataError(HespotexError):
     """A training section, feature store or other input file is malformed."""
 
     def __init__(self, path: Path | str, cause: str):
         self.path = Path(path)
         super().__init__(f"{path}: {cause}")
+
+
+class OutputWriteError(HespotexError):
+    """An output could not be written (disk full, permissions); nothing partial is left."""
+
+    def __init__(self, path: Path | str, cause: str):
+        self.path = Path(path)
+        super().__init__(f"{path}: cannot write it: {cause}")
 
 
 class CheckpointError(InputDataError):

@@ -20,8 +20,9 @@ from hespotex import __version__
 from hespotex.atomic import atomic_path
 from hespotex.config import FeaturesConfig, PipelineConfig
 from hespotex.encoders import ImageEncoder, load_encoder, pick_device, to_model_input
+from hespotex.errors import EncoderMemoryError
 from hespotex.paths import SlidePaths
-from hespotex.slide import ReadPlan, Slide
+from hespotex.slide import ReadPlan, Slide, check_patch_geometry
 from hespotex.store import FeatureStoreWriter
 from hespotex.tiling import read_spots
 
@@ -48,6 +49,33 @@ def iter_patch_batches(
             yield pending.popleft().result()
 
 
+def encode_batch(encoder: ImageEncoder, images: torch.Tensor, slide_path) -> torch.Tensor:
+    """Encode a batch; on a GPU out-of-memory, encode it in halves instead (down to single
+    patches) rather than failing the slide."""
+    try:
+        return encoder(images)
+    except torch.cuda.OutOfMemoryError as error:
+        if len(images) == 1:
+            raise EncoderMemoryError(
+                slide_path, f"the encoder runs out of GPU memory even on one patch: {error}"
+            ) from None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        half = len(images) // 2
+        logger.warning(
+            "out of GPU memory on a batch of %d patches; encoding it as %d + %d",
+            len(images),
+            half,
+            len(images) - half,
+        )
+        return torch.cat(
+            [
+                encode_batch(encoder, images[:half], slide_path),
+                encode_batch(encoder, images[half:], slide_path),
+            ]
+        )
+
+
 def encode_patches(
     slide: Slide,
     centres_px: np.ndarray,
@@ -66,21 +94,15 @@ def encode_patches(
         plan.level,
         slide.level_mpp(plan.level),
     )
-    if slide.level_mpp(plan.level) > config.patch_mpp * 2:
-        logger.warning(
-            "%s: the finest level is %.2f µm/px, far coarser than the %.2f µm/px asked for; "
-            "patches are upsampled",
-            slide.path,
-            slide.level_mpp(plan.level),
-            config.patch_mpp,
-        )
+    check_patch_geometry(slide, config.patch_um, config.patch_mpp, config.max_upsampling)
     batches = iter_patch_batches(slide, centres_px, plan, config.batch_size, config.num_workers)
     with (
         torch.inference_mode(),
         tqdm(total=len(centres_px), desc=description, unit="patch", mininterval=5) as progress,
     ):
         for patches in batches:
-            features = encoder(to_model_input(patches).to(device, non_blocking=True))
+            images = to_model_input(patches).to(device, non_blocking=True)
+            features = encode_batch(encoder, images, slide.path)
             progress.update(len(patches))
             yield features.float().cpu().numpy()
 

@@ -25,8 +25,10 @@ from PIL import Image
 from hespotex.errors import (
     InvalidMppError,
     MissingMppError,
+    ResolutionTooCoarseError,
     SlideOpenError,
     SlideReadError,
+    SlideTooSmallError,
 )
 from hespotex.units import Mpp, SlidePixels, is_plausible_mpp
 
@@ -317,6 +319,25 @@ class Slide:
                 )
         overview = np.concatenate(bands, axis=0)
         return overview, level_width * level_downsample / out_width
+
+
+def check_patch_geometry(slide: Slide, patch_um: float, patch_mpp: float, max_upsampling: float):
+    """Refuse slides that cannot yield a meaningful patch: smaller than one patch, or scanned
+    so coarsely that patches would be mostly interpolation."""
+    width_um, height_um = (side * slide.mpp for side in slide.dimensions)
+    if min(width_um, height_um) < patch_um:
+        raise SlideTooSmallError(
+            slide.path,
+            f"the slide ({width_um:.0f} × {height_um:.0f} µm) is smaller than one "
+            f"{patch_um:.0f} µm patch",
+        )
+    if slide.level_mpp(0) > patch_mpp * max_upsampling:
+        raise ResolutionTooCoarseError(
+            slide.path,
+            f"the slide's finest resolution, {slide.level_mpp(0):.3g} µm/px, is more than "
+            f"{max_upsampling:g}× coarser than the {patch_mpp:g} µm/px patches asked for "
+            "(features.max_upsampling); check its mpp, or scan it at higher magnification",
+        )
 
 
 def _dicom_file_in(folder: Path) -> Path:

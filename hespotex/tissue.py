@@ -22,7 +22,7 @@ from hespotex.atomic import write_json, write_png
 from hespotex.config import PipelineConfig, TissueConfig
 from hespotex.errors import NotBrightfieldError
 from hespotex.paths import SlidePaths
-from hespotex.slide import Slide
+from hespotex.slide import Slide, check_patch_geometry
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +79,8 @@ class TissueRecord:
 
 def run_tissue(slide: Slide, slide_id: str, config: PipelineConfig) -> TissueRecord:
     paths = SlidePaths(config.results, slide_id)
+    features = config.features
+    check_patch_geometry(slide, features.patch_um, features.patch_mpp, features.max_upsampling)
     overview, downsample = slide.read_overview(config.tissue.mask_mpp)
     median_value = float(np.median(overview.max(axis=2))) / 255
     if median_value < BRIGHTFIELD_MIN_MEDIAN_VALUE:
