@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 import pandas as pd
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hespotex.errors import ConfigError
 from hespotex.units import MPP_MAX, Microns, Mpp
@@ -65,6 +65,11 @@ class EncoderArchitecture(StrEnum):
 
     VIT_B_32 = "vit-b-32"
     VIT_TINY_32 = "vit-tiny-32"
+    STAIN_STATS = "stain-stats"
+
+    @property
+    def needs_weights(self) -> bool:
+        return self is not EncoderArchitecture.STAIN_STATS
 
 
 class EncoderConfig(_Section):
@@ -73,25 +78,27 @@ class EncoderConfig(_Section):
     architecture: EncoderArchitecture = Field(
         EncoderArchitecture.VIT_B_32,
         description="vit-b-32: OpenCLIP ViT-B/32 with QuickGELU, the QuiltNet architecture of "
-        "the paper; vit-tiny-32: a 4-layer, 192-wide ViT/32 for demos and tests on CPU",
+        "the paper; vit-tiny-32: a 4-layer, 192-wide ViT/32 for demos and tests on CPU; "
+        "stain-stats: weights-free colour, stain and texture statistics (fast on CPU)",
     )
     weights: str | None = Field(
         None,
         description="path to local weights (.safetensors, or a torch state dict loaded with "
         "weights_only=True), or `random` for a randomly initialised encoder with `seed` "
-        "(stated in logs and outputs). Required.",
+        "(stated in logs and outputs). Required, except for stain-stats, which has none.",
     )
     seed: int = Field(0, ge=0, description="seed for `weights: random`")
 
-    @field_validator("weights")
-    @classmethod
-    def _weights_given(cls, value: str | None) -> str:
-        if value is None or not str(value).strip():
+    @model_validator(mode="after")
+    def _weights_given(self) -> EncoderConfig:
+        if self.architecture.needs_weights and (self.weights is None or not self.weights.strip()):
             raise ValueError(
                 "encoder.weights is not set: give the path of a local weights file, or "
                 "`random` to run with a randomly initialised encoder (demo and tests only)"
             )
-        return str(value)
+        if not self.architecture.needs_weights and self.weights is not None:
+            raise ValueError(f"encoder.weights: {self.architecture.value} takes no weights")
+        return self
 
     @property
     def is_random(self) -> bool:

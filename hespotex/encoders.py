@@ -64,7 +64,8 @@ class EncoderIdentity:
 
 
 class ImageEncoder(nn.Module):
-    """Normalises uint8-scaled RGB in [0, 1] and returns unit-length feature vectors."""
+    """Takes RGB in [0, 1]. ViTs see it normalised and return unit-length vectors; the
+    statistics encoder sees raw RGB and returns its statistics."""
 
     def __init__(self, tower: nn.Module, identity: EncoderIdentity):
         super().__init__()
@@ -74,6 +75,8 @@ class ImageEncoder(nn.Module):
         self.register_buffer("std", torch.tensor(identity.std).view(1, 3, 1, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.tower, StainStatistics):
+            return self.tower(images)
         features = self.tower((images - self.mean) / self.std)
         return nn.functional.normalize(features.float(), dim=-1)
 
@@ -82,6 +85,55 @@ def build_tower(architecture: EncoderArchitecture) -> nn.Module:
     from open_clip.model import _build_vision_tower
 
     return _build_vision_tower(EMBED_DIM, _VISION_CONFIGS[architecture], quick_gelu=True)
+
+
+# Ruifrok & Johnston's stain vectors, as scikit-image's rgb2hed uses them.
+_RGB_FROM_HED = torch.tensor(
+    [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=torch.float64
+)
+_RGB_FROM_HED[2] = torch.linalg.cross(_RGB_FROM_HED[0], _RGB_FROM_HED[1])
+_HED_FROM_RGB = torch.linalg.inv(_RGB_FROM_HED).float()
+STAIN_STATS_DIM = 64
+
+
+class StainStatistics(nn.Module):
+    """Weights-free patch features: colour, optical density and H/E/D stain statistics, a
+    coarse 3 × 3 layout of haematoxylin and eosin, grey-level histogram and gradient energy
+    (texture). Vectorised over the batch; input RGB in [0, 1]; 48 values, zero-padded to 64."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("hed_from_rgb", _HED_FROM_RGB)
+        sobel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+        self.register_buffer("sobel", torch.stack([sobel, sobel.T]).unsqueeze(1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        # Half resolution keeps every statistic meaningful at a quarter of the cost.
+        rgb = nn.functional.avg_pool2d(images.float(), 2) if images.shape[-1] >= 64 else images
+        density = -torch.log(rgb.clamp(min=1 / 255))
+        stains = torch.einsum("bchw,cd->bdhw", density, self.hed_from_rgb)
+        grey = rgb.mean(dim=1, keepdim=True)
+        gradients = nn.functional.conv2d(grey, self.sobel, padding=1).pow(2).sum(1).sqrt()
+        histogram = torch.stack(
+            [
+                ((grey >= low) & (grey < low + 0.125)).float().mean((1, 2, 3))
+                for low in torch.arange(0, 1, 0.125).tolist()
+            ],
+            dim=1,
+        )
+        layout = nn.functional.adaptive_avg_pool2d(stains[:, :2], 3).flatten(1)
+        parts = [
+            rgb.mean((2, 3)), rgb.std((2, 3)),
+            density.mean((2, 3)), density.std((2, 3)),
+            stains.mean((2, 3)), stains.std((2, 3)),
+            layout,
+            histogram,
+            gradients.mean((1, 2)).unsqueeze(1), gradients.std((1, 2)).unsqueeze(1),
+            (gradients > 0.25).float().mean((1, 2)).unsqueeze(1),
+            (grey < 0.5).float().mean((1, 2, 3)).unsqueeze(1),
+        ]  # fmt: skip
+        features = torch.cat(parts, dim=1)
+        return nn.functional.pad(features, (0, STAIN_STATS_DIM - features.shape[1]))
 
 
 def file_sha256(path: Path) -> str:
@@ -125,6 +177,18 @@ def _vision_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def load_encoder(config: EncoderConfig) -> ImageEncoder:
+    if not config.architecture.needs_weights:
+        return ImageEncoder(
+            StainStatistics(),
+            EncoderIdentity(
+                architecture=config.architecture.value,
+                weights="none",
+                weights_sha256="weights-free",
+                feature_dim=STAIN_STATS_DIM,
+                mean=(0.0, 0.0, 0.0),
+                std=(1.0, 1.0, 1.0),
+            ),
+        ).eval()
     if config.is_random:
         torch.manual_seed(config.seed)
         tower = build_tower(config.architecture)

@@ -18,6 +18,8 @@ from hespotex.errors import ConfigError
 def encoder_weights_id(config: PipelineConfig) -> str:
     from hespotex.encoders import file_sha256
 
+    if not config.encoder.architecture.needs_weights:
+        return "weights-free"
     if config.encoder.is_random:
         return f"random-seed-{config.encoder.seed}"
     weights = Path(config.encoder.weights)

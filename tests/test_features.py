@@ -119,3 +119,22 @@ class _PickledCode:
         import pathlib
 
         return (pathlib.Path.touch, (pathlib.Path(__file__).parent / "pwned",))
+
+
+def test_weights_free_stain_statistics_encoder_tells_stains_apart(he_tile):
+    from hespotex.config import parse_config
+
+    with pytest.raises(ConfigError, match="takes no weights"):
+        parse_config({"encoder": {"architecture": "stain-stats", "weights": "random"}})
+    encoder = load_encoder(EncoderConfig(architecture="stain-stats"))
+    assert encoder.identity.weights_sha256 == "weights-free"
+    pink = np.zeros((224, 224, 3), dtype=np.uint8) + np.array([235, 150, 200], dtype=np.uint8)
+    purple = np.zeros((224, 224, 3), dtype=np.uint8) + np.array([90, 60, 150], dtype=np.uint8)
+    batch = np.stack([pink, purple, he_tile[:224, :224]])
+    with torch.inference_mode():
+        features = encoder(torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255).numpy()
+    assert features.shape == (3, 64)
+    assert np.isfinite(features).all()
+    haematoxylin_mean = features[:, 12]
+    assert haematoxylin_mean[1] > haematoxylin_mean[0], "purple carries more haematoxylin"
+    assert features[2, 15:18].sum() > features[0, 15:18].sum(), "real tissue varies in stain"
