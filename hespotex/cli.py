@@ -81,6 +81,16 @@ def cmd_train(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_export_onnx(args: argparse.Namespace) -> None:
+    from hespotex.encoders import load_encoder
+    from hespotex.runners import export_onnx
+
+    config = _config(args)
+    encoder = load_encoder(config.encoder)
+    export_onnx(encoder, args.out, config.features.patch_px)
+    logger.info("wrote %s: %s", args.out, encoder.identity.describe())
+
+
 def cmd_check(args: argparse.Namespace) -> None:
     from hespotex.preflight import check_run
 
@@ -127,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, required=True, help="checkpoint (.safetensors)")
     train.add_argument("--validation", help="section_id used to choose the epoch")
     train.set_defaults(handler=cmd_train)
+
+    export = subparsers.add_parser(
+        "export-onnx", help="write the configured encoder as ONNX (features.runtime: onnx)"
+    )
+    export.add_argument("--config", type=Path, required=True, help="pipeline config YAML")
+    export.add_argument("--out", type=Path, required=True, help="ONNX file to write")
+    export.set_defaults(handler=cmd_export_onnx)
 
     check = subparsers.add_parser("check", help="validate config, sheet, weights, checkpoint")
     check.add_argument("--config", type=Path, required=True)

@@ -117,11 +117,26 @@ class FeaturesConfig(_Section):
         "than patch_mpp (patches would be mostly interpolation)",
     )
     batch_size: int = Field(64, ge=1, le=4096, description="patches per encoder batch")
-    num_workers: int = Field(0, ge=0, le=64, description="patch-reading worker processes")
+    num_workers: int = Field(2, ge=0, le=64, description="patch-reading threads")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto: CUDA when present, else CPU"
     )
     chunk_rows: int = Field(1024, ge=1, description="rows per Zarr chunk of the feature store")
+    max_region_px: int = Field(
+        2048, ge=64, description="side of the regions read at once, in read-level pixels"
+    )
+    runtime: Literal["torch", "onnx"] = Field(
+        "torch", description="torch, or onnx: ONNX Runtime (CUDA provider when present)"
+    )
+    onnx_model: Path | None = Field(
+        None, description="the encoder exported by `hespotex export-onnx` (runtime: onnx)"
+    )
+
+    @model_validator(mode="after")
+    def _onnx_model_given(self) -> FeaturesConfig:
+        if self.runtime == "onnx" and self.onnx_model is None:
+            raise ValueError("features.onnx_model is required with features.runtime: onnx")
+        return self
 
     @property
     def patch_mpp_typed(self) -> Mpp:

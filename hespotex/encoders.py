@@ -14,7 +14,6 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -121,7 +120,14 @@ class StainStatistics(nn.Module):
             ],
             dim=1,
         )
-        layout = nn.functional.adaptive_avg_pool2d(stains[:, :2], 3).flatten(1)
+        # A 3 × 3 mean by reshaping (adaptive pooling to 3 does not export to ONNX).
+        rows, columns = stains.shape[-2] // 3, stains.shape[-1] // 3
+        layout = (
+            stains[:, :2, : 3 * rows, : 3 * columns]
+            .reshape(-1, 2, 3, rows, 3, columns)
+            .mean((3, 5))
+            .flatten(1)
+        )
         parts = [
             rgb.mean((2, 3)), rgb.std((2, 3)),
             density.mean((2, 3)), density.std((2, 3)),
@@ -227,8 +233,3 @@ def pick_device(preference: str) -> torch.device:
     if preference == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(preference)
-
-
-def to_model_input(patches: np.ndarray) -> torch.Tensor:
-    """(N, H, W, 3) uint8 → (N, 3, H, W) float in [0, 1]."""
-    return torch.from_numpy(patches).permute(0, 3, 1, 2).float().div_(255.0)

@@ -31,6 +31,12 @@ def encoder_weights_id(config: PipelineConfig) -> str:
 def check_run(config: PipelineConfig) -> dict[str, SampleRow]:
     samples = read_sample_sheet(config.samples)
     weights_id = encoder_weights_id(config)
+    onnx_model = config.features.onnx_model
+    if config.features.runtime == "onnx" and not Path(onnx_model).is_file():
+        raise ConfigError(
+            f"features.onnx_model: {onnx_model} does not exist; "
+            "write it with `hespotex export-onnx`"
+        )
     checkpoint = config.decode.checkpoint
     if checkpoint is None:
         raise ConfigError("decode.checkpoint is not set: train one with `hespotex train`")

@@ -233,6 +233,28 @@ class ReadPlan:
     output_px: int
 
 
+def field_origins(centres_px: np.ndarray, plan: ReadPlan, downsample: float) -> np.ndarray:
+    """Top-left corner of the field around each level-0 centre, in read-level pixels: every
+    reader rounds here, once, so a field read alone and one cropped from a larger region are
+    the same pixels."""
+    return np.floor((centres_px - plan.level0_px / 2) / downsample).astype(np.int64)
+
+
+def level0_location(level_xy, downsample: float) -> tuple[int, int]:
+    """The level-0 point that readers map back to exactly ``level_xy`` on the level (rounded
+    up, so that dividing by a non-integer downsample does not land one pixel short)."""
+    return (math.ceil(level_xy[0] * downsample), math.ceil(level_xy[1] * downsample))
+
+
+def resample_field(field: np.ndarray, plan: ReadPlan) -> np.ndarray:
+    if plan.level_px == plan.output_px:
+        return field
+    resized = Image.fromarray(field).resize(
+        (plan.output_px, plan.output_px), Image.Resampling.BILINEAR, reducing_gap=2.0
+    )
+    return np.asarray(resized)
+
+
 class Slide:
     """A slide with its resolution resolved; the object every stage reads through."""
 
@@ -280,15 +302,12 @@ class Slide:
 
     def read_field(self, center: tuple[SlidePixels, SlidePixels], plan: ReadPlan) -> np.ndarray:
         """The square field centred on a level-0 point, resampled to ``plan.output_px``."""
-        half = plan.level0_px / 2
-        location = (math.floor(center[0] - half), math.floor(center[1] - half))
-        region = self.backend.read_region(location, plan.level, (plan.level_px, plan.level_px))
-        if plan.level_px == plan.output_px:
-            return region
-        resized = Image.fromarray(region).resize(
-            (plan.output_px, plan.output_px), Image.Resampling.BILINEAR, reducing_gap=2.0
+        downsample = self.backend.level_downsamples[plan.level]
+        origin = field_origins(np.array([center], dtype=np.float64), plan, downsample)[0]
+        region = self.backend.read_region(
+            level0_location(origin, downsample), plan.level, (plan.level_px, plan.level_px)
         )
-        return np.asarray(resized)
+        return resample_field(region, plan)
 
     def read_overview(self, target_mpp: float, band_px: int = 2048) -> tuple[np.ndarray, float]:
         """The whole slide at about ``target_mpp``, read in horizontal bands to bound memory.

@@ -30,6 +30,7 @@ from hespotex.errors import InputDataError
 from hespotex.features import encode_patches
 from hespotex.graph import knn_edges
 from hespotex.model import ExpressionAutoencoder, ImageStream, ImageStreamShape, pearson_rows
+from hespotex.runners import TorchRunner
 from hespotex.sections import Section, SectionSource, load_section, log_normalise
 from hespotex.slide import open_backend, open_slide
 
@@ -66,20 +67,12 @@ def select_genes(sections: Sequence[Section], config: TrainingConfig) -> list[st
     return sorted(chosen)
 
 
-def encode_section(section: Section, config: PipelineConfig, encoder, device) -> np.ndarray:
+def encode_section(section: Section, config: PipelineConfig, runner: TorchRunner) -> np.ndarray:
     with open_slide(section.image, section.section_id, section.mpp) as slide:
-        return np.concatenate(
-            list(
-                encode_patches(
-                    slide,
-                    section.centres_px,
-                    encoder,
-                    config.features,
-                    device,
-                    description=section.section_id,
-                )
-            )
+        batches = encode_patches(
+            slide, section.centres_px, runner, config.features, section.section_id
         )
+        return np.concatenate(list(batches))
 
 
 def prepare_sections(
@@ -92,15 +85,15 @@ def prepare_sections(
         backend.close()
         sections.append(load_section(source, size))
     genes = select_genes(sections, config.training)
-    encoder = load_encoder(config.encoder).to(device)
-    logger.info("encoder: %s", encoder.identity.describe())
+    runner = TorchRunner(load_encoder(config.encoder), device)
+    logger.info("encoder: %s", runner.identity.describe())
     prepared = []
     for section in sections:
         totals = section.counts.to_numpy(dtype=np.float64)
         normalised = log_normalise(totals)
         column = {gene: index for index, gene in enumerate(section.counts.columns)}
         expression = normalised[:, [column[gene] for gene in genes]]
-        features = encode_section(section, config, encoder, device)
+        features = encode_section(section, config, runner)
         coords = section.centres_px
         prepared.append(
             SectionTensors(
@@ -113,7 +106,7 @@ def prepare_sections(
                 ).to(device),
             )
         )
-    identity = encoder.identity
+    identity = runner.identity
     record = EncoderRecord(
         architecture=identity.architecture,
         weights_sha256=identity.weights_sha256,

@@ -24,9 +24,10 @@ from hespotex.errors import (
     ResolutionTooCoarseError,
     SlideTooSmallError,
 )
-from hespotex.features import encode_batch, encode_patches
+from hespotex.features import encode_patches
 from hespotex.paths import SlidePaths
 from hespotex.preflight import check_run
+from hespotex.runners import TorchRunner, encode_batch
 from hespotex.slide import ArraySlide, Slide, open_slide
 from hespotex.tiling import run_tiles
 from hespotex.tissue import run_tissue
@@ -86,9 +87,13 @@ def test_gpu_out_of_memory_halves_the_batch_and_the_slide_completes():
     config = parse_config({"encoder": TEST_ENCODER, "features": {"batch_size": 12}}).features
     with open_slide(SVS, "svs") as slide:
         centres = np.array([[600.0 + 40 * i, 900.0] for i in range(12)])
-        expected = np.concatenate(list(encode_patches(slide, centres, encoder, config, "cpu")))
+        cpu = torch.device("cpu")
+        expected = np.concatenate(
+            list(encode_patches(slide, centres, TorchRunner(encoder, cpu), config))
+        )
         small = _SmallGpu(encoder, limit=3)
-        got = np.concatenate(list(encode_patches(slide, centres, small, config, "cpu")))
+        small.identity = encoder.identity
+        got = np.concatenate(list(encode_patches(slide, centres, TorchRunner(small, cpu), config)))
     assert np.allclose(got, expected, atol=1e-5)
     assert small.calls[:3] == [12, 6, 3]
     assert max(size for size in small.calls if size <= 3) == 3
