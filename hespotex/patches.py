@@ -1,11 +1,14 @@
-"""Patch reading near the decode limit: one region read for many neighbouring spots.
+"""Patch reading near the decode limit: every slide tile decoded once, however many patches
+share it.
 
 Spots 100 µm apart with 112 µm patches overlap and share the slide's JPEG tiles; reading each
-patch on its own decodes those tiles again and again. Here consecutive spots are grouped into
-runs whose patches fit one region of at most ``max_region_px`` level pixels a side; each run's
-region is read once (every tile in it decoded once) and the patches are cropped from it. The
-tiles stage orders spots block by block, so runs are long. Runs are read by a pool of threads
-(OpenSlide and the JPEG codecs release the GIL) at most ``workers + 1`` runs ahead, so memory
+patch on its own decodes those tiles again and again. Tiled TIFFs (SVS, generic pyramids,
+OME-TIFF) keep their decoded tiles in a cache (``hespotex.tiledtiff``) and each patch is copied
+straight from it. Other formats are read by region: consecutive spots are grouped into runs
+whose patches fit one region of at most ``max_region_px`` level pixels a side, read once, and
+the patches are cropped from it. The tiles stage numbers spots block by block, so neighbours
+are read together either way. Batches are read by a pool of threads (the JPEG codecs and
+OpenSlide release the GIL) at most ``workers + 1`` batches ahead, into fresh arrays, so memory
 stays bounded whatever the slide's size.
 """
 
@@ -56,15 +59,26 @@ def plan_runs(origins: np.ndarray, patch_level_px: int, max_region_px: int) -> l
     return runs
 
 
-def read_run(slide: Slide, run: Run, origins: np.ndarray, plan: ReadPlan) -> np.ndarray:
-    """The run's patches, (k, output_px, output_px, 3) uint8, from one region read."""
+def read_batch(slide: Slide, origins: np.ndarray, plan: ReadPlan, max_region_px: int) -> np.ndarray:
+    """The patches at ``origins`` (read-level pixels), (k, output_px, output_px, 3) uint8."""
+    patches = np.empty((len(origins), plan.output_px, plan.output_px, 3), dtype=np.uint8)
+    tiles = slide.backend.tiles
+    side = plan.level_px
+    if tiles is not None:
+        for index, (x, y) in enumerate(origins):
+            if side == plan.output_px:
+                tiles.read_into(patches[index], plan.level, x, y)
+            else:
+                patches[index] = resample_field(tiles.read(plan.level, x, y, side, side), plan)
+        return patches
     downsample = slide.backend.level_downsamples[plan.level]
-    region = slide.backend.read_region(
-        level0_location((run.left, run.top), downsample), plan.level, (run.width, run.height)
-    )
-    patches = np.empty((run.stop - run.start, plan.output_px, plan.output_px, 3), dtype=np.uint8)
-    for index, (x, y) in enumerate(origins[run.start : run.stop] - (run.left, run.top)):
-        patches[index] = resample_field(region[y : y + plan.level_px, x : x + plan.level_px], plan)
+    for run in plan_runs(origins, side, max_region_px):
+        region = slide.backend.read_region(
+            level0_location((run.left, run.top), downsample), plan.level, (run.width, run.height)
+        )
+        for index in range(run.start, run.stop):
+            x, y = origins[index] - (run.left, run.top)
+            patches[index] = resample_field(region[y : y + side, x : x + side], plan)
     return patches
 
 
@@ -79,24 +93,13 @@ def iter_patch_batches(
     """(B, H, W, 3) uint8 batches in spot order."""
     downsample = slide.backend.level_downsamples[plan.level]
     origins = field_origins(np.asarray(centres_px, dtype=np.float64), plan, downsample)
-    runs = plan_runs(origins, plan.level_px, max_region_px)
-    buffer: list[np.ndarray] = []
-    buffered = 0
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    ahead = max(1, workers)
+    with ThreadPoolExecutor(max_workers=ahead) as pool:
         pending: deque = deque()
-        for run in runs:
-            pending.append(pool.submit(read_run, slide, run, origins, plan))
-            while len(pending) > max(1, workers) or (pending and pending[0].done()):
-                patches = pending.popleft().result()
-                buffer.append(patches)
-                buffered += len(patches)
-                while buffered >= batch_size:
-                    block = np.concatenate(buffer)
-                    yield block[:batch_size]
-                    rest = block[batch_size:]
-                    buffer, buffered = ([rest] if len(rest) else []), len(rest)
+        for start in range(0, len(origins), batch_size):
+            batch_origins = origins[start : start + batch_size]
+            pending.append(pool.submit(read_batch, slide, batch_origins, plan, max_region_px))
+            if len(pending) > ahead:
+                yield pending.popleft().result()
         while pending:
-            buffer.append(pending.popleft().result())
-        block = np.concatenate(buffer) if buffer else np.empty((0,), dtype=np.uint8)
-        for start in range(0, len(block), batch_size):
-            yield block[start : start + batch_size]
+            yield pending.popleft().result()

@@ -17,7 +17,7 @@ import xml.etree.ElementTree as ElementTree
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from PIL import Image
@@ -31,6 +31,9 @@ from hespotex.errors import (
     SlideTooSmallError,
 )
 from hespotex.units import Mpp, SlidePixels, is_plausible_mpp
+
+if TYPE_CHECKING:
+    from hespotex.tiledtiff import TiledTiffLevels
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +52,9 @@ class SlideBackend(Protocol):
     level_downsamples: Sequence[float]
     metadata_mpp: float | None
     name: str
+    # Set where the file is a tiled TIFF decoded tile by tile (hespotex.tiledtiff), which
+    # patches are cropped from directly.
+    tiles: TiledTiffLevels | None
 
     def read_region(
         self, location: tuple[int, int], level: int, size: tuple[int, int]
@@ -63,6 +69,16 @@ def _mpp_from_resolution_tag(resolution: float | None, unit: str | None) -> floa
     if not resolution or per_micron is None:
         return None
     return per_micron / resolution
+
+
+# OpenSlide vendors whose files are plain tiled TIFFs, read faster by hespotex.tiledtiff.
+TILED_TIFF_VENDORS = {"aperio", "generic-tiff"}
+
+
+def _read_tiled(tiles, backend, location, level, size) -> np.ndarray:
+    downsample = backend.level_downsamples[level]
+    x0, y0 = math.floor(location[0] / downsample), math.floor(location[1] / downsample)
+    return tiles.read(level, x0, y0, size[0], size[1])
 
 
 class OpenSlideBackend:
@@ -87,10 +103,17 @@ class OpenSlideBackend:
                 float(resolution) if resolution else None, properties.get("tiff.ResolutionUnit")
             )
         self.metadata_mpp = float(mpp) if mpp is not None else None
+        self.tiles = None
+        if properties.get(openslide.PROPERTY_NAME_VENDOR) in TILED_TIFF_VENDORS:
+            from hespotex.tiledtiff import TiledTiffLevels
+
+            self.tiles = TiledTiffLevels.open_if_usable(path, self.level_dimensions)
 
     def read_region(
         self, location: tuple[int, int], level: int, size: tuple[int, int]
     ) -> np.ndarray:
+        if self.tiles is not None:
+            return _read_tiled(self.tiles, self, location, level, size)
         try:
             rgba = self._slide.read_region(location, level, size)
         except self._error as error:
@@ -101,6 +124,8 @@ class OpenSlideBackend:
         return np.asarray(canvas)
 
     def close(self) -> None:
+        if self.tiles is not None:
+            self.tiles.close()
         self._slide.close()
 
 
@@ -135,6 +160,9 @@ class TiffFileBackend:
         width0 = self.level_dimensions[0][0]
         self.level_downsamples = [width0 / dims[0] for dims in self.level_dimensions]
         self.metadata_mpp = self._read_mpp()
+        from hespotex.tiledtiff import TiledTiffLevels
+
+        self.tiles = TiledTiffLevels.open_if_usable(path, self.level_dimensions)
 
     def _read_mpp(self) -> float | None:
         if self._tiff.is_ome and self._tiff.ome_metadata:
@@ -157,6 +185,8 @@ class TiffFileBackend:
     def read_region(
         self, location: tuple[int, int], level: int, size: tuple[int, int]
     ) -> np.ndarray:
+        if self.tiles is not None:
+            return _read_tiled(self.tiles, self, location, level, size)
         array = self._levels[level]
         downsample = self.level_downsamples[level]
         x0 = math.floor(location[0] / downsample)
@@ -176,6 +206,8 @@ class TiffFileBackend:
         return out
 
     def close(self) -> None:
+        if self.tiles is not None:
+            self.tiles.close()
         self._tiff.close()
 
 
@@ -183,6 +215,7 @@ class ArraySlide:
     """A single-level slide held in memory: plain images and tests."""
 
     name = "array"
+    tiles = None
 
     def __init__(self, pixels: np.ndarray, path: Path | str = "<array>", mpp: float | None = None):
         if pixels.ndim != 3 or pixels.shape[2] < 3:

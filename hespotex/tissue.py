@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from skimage.color import rgb2hsv
 from skimage.filters import threshold_otsu
-from skimage.morphology import binary_closing, disk, remove_small_holes, remove_small_objects
+from skimage.morphology import closing, disk, remove_small_holes, remove_small_objects
 from skimage.segmentation import find_boundaries
 
 from hespotex import __version__
@@ -42,7 +42,7 @@ def tissue_mask(rgb: np.ndarray, mask_mpp: float, config: TissueConfig) -> np.nd
     pixel_area_um2 = mask_mpp * mask_mpp
     radius_px = round(config.closing_um / mask_mpp)
     if radius_px > 0:
-        mask = binary_closing(mask, disk(radius_px))
+        mask = closing(mask, disk(radius_px))
     mask = remove_small_holes(mask, max_size=round(config.min_hole_um2 / pixel_area_um2))
     return remove_small_objects(mask, max_size=round(config.min_object_um2 / pixel_area_um2))
 

@@ -80,6 +80,39 @@ def test_truncated_slide_fails_naming_the_file(tmp_path, small_pyramids):
     assert str(truncated) in str(error.value)
 
 
+def test_a_damaged_tile_fails_the_read_naming_the_file(tmp_path, small_pyramids):
+    import tifffile
+
+    damaged = tmp_path / "damaged.tif"
+    shutil.copy(small_pyramids["tagged"], damaged)
+    with tifffile.TiffFile(damaged) as tiff:
+        page = tiff.pages[0]
+        offset, count = page.dataoffsets[5], page.databytecounts[5]
+    data = bytearray(damaged.read_bytes())
+    data[offset : offset + count] = bytes(count)
+    damaged.write_bytes(bytes(data))
+    with open_slide(damaged, "damaged") as slide:
+        slide.backend.read_region((0, 2000), 0, (400, 400))  # the intact tiles still read
+        with pytest.raises(SlideReadError, match="damaged.tif: cannot decode tile 5 of level 0"):
+            slide.backend.read_region((0, 0), 0, (3000, 300))
+
+
+def test_tiled_tiffs_are_decoded_tile_by_tile_with_openslides_pixels():
+    """SVS and OME-TIFF go through hespotex.tiledtiff; the pixels are what OpenSlide and
+    tifffile's own reader give."""
+    import tifffile
+
+    with open_slide(SVS, "svs") as slide:
+        assert slide.backend.tiles is not None
+        fast = slide.backend.read_region((-30, 100), 0, (700, 500))
+        slide.backend.tiles = None
+        assert np.array_equal(fast, slide.backend.read_region((-30, 100), 0, (700, 500)))
+    with open_slide(OME_TIFF, "ome", 0.5) as slide:
+        assert slide.backend.tiles is not None
+        whole = tifffile.imread(OME_TIFF)
+        assert np.array_equal(slide.backend.read_region((0, 0), 0, whole.shape[1::-1]), whole)
+
+
 def test_pyramid_written_by_tifffile_reads_at_the_right_level(small_pyramids):
     with open_slide(small_pyramids["tagged"], "tagged") as slide:
         assert slide.mpp == pytest.approx(0.25)

@@ -1,0 +1,105 @@
+"""Encoder throughput: PyTorch vs ONNX Runtime, same weights, same batches of real patches.
+
+The ViT-B/32 of the paper (OpenCLIP, QuickGELU) with RANDOM weights (seed 0: no pretrained
+weights can be downloaded here; speed does not depend on the values) is exported with
+`hespotex export-onnx`'s code and run on batches of real H&E patches from
+``../shared/data/slides/CMU-1-Small-Region.svs``, through the runners the features stage
+uses: PyTorch (on CUDA: bf16 autocast, channels_last, pinned memory) and ONNX Runtime (CUDA
+provider when present, else CPU). Each figure is the best of three timed passes after a
+warm-up; the maximum absolute difference between the two runtimes' features is reported too.
+
+    .venv/bin/python benchmarks/encoder_throughput.py --work /tmp/hespotex-encoder
+
+prints a Markdown table (also written to <work>/encoder_throughput.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SVS = REPO.parent / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
+
+
+def real_patches(count: int) -> np.ndarray:
+    from hespotex.patches import iter_patch_batches
+    from hespotex.slide import open_slide
+
+    with open_slide(SVS, "svs") as slide:
+        plan = slide.plan(112.0, 0.5)
+        width, height = slide.dimensions
+        xs = np.linspace(200, width - 200, 8)
+        ys = np.linspace(200, height - 200, -(-count // 8))
+        centres = np.array([(x, y) for y in ys for x in xs])[:count]
+        return np.concatenate(list(iter_patch_batches(slide, centres, plan, 64, 2)))
+
+
+def patches_per_second(runner, batches: list[np.ndarray]) -> float:
+    runner(batches[0], SVS)
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        for batch in batches:
+            runner(batch, SVS)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - started)
+    return sum(len(batch) for batch in batches) / best
+
+
+def main() -> None:
+    from hespotex.config import EncoderConfig
+    from hespotex.encoders import load_encoder, pick_device
+    from hespotex.runners import OnnxRunner, TorchRunner, export_onnx
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/hespotex-encoder"))
+    parser.add_argument("--architecture", default="vit-b-32")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batches", type=int, default=4)
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+
+    encoder = load_encoder(EncoderConfig(architecture=args.architecture, weights="random"))
+    identity = encoder.identity
+    onnx_path = args.work / f"{args.architecture}-random.onnx"
+    if not onnx_path.exists():
+        export_onnx(encoder, onnx_path, 224)
+    patches = real_patches(args.batch_size * args.batches)
+    batches = [patches[i : i + args.batch_size] for i in range(0, len(patches), args.batch_size)]
+
+    device = pick_device("auto")
+    torch_runner = TorchRunner(encoder, device)
+    onnx_runner = OnnxRunner(onnx_path, identity.architecture, identity.weights_sha256, device.type)
+    difference = np.abs(torch_runner(batches[0], SVS) - onnx_runner(batches[0], SVS)).max()
+    rates = {
+        torch_runner.describe(): patches_per_second(torch_runner, batches),
+        onnx_runner.describe(): patches_per_second(onnx_runner, batches),
+    }
+    where = (
+        torch.cuda.get_device_name(0)
+        if device.type == "cuda"
+        else f"CPU, {len(os.sched_getaffinity(0))} cores"
+    )
+    baseline = next(iter(rates.values()))
+    lines = [
+        f"Encoder {identity.architecture} (random weights), batch {args.batch_size}, "
+        f"{len(patches)} real patches, on {where}; max |ONNX − torch| = {difference:.1e}",
+        "",
+        "| runtime | patches/s | vs PyTorch |",
+        "|---|---|---|",
+        *(f"| {name} | {rate:,.1f} | {rate / baseline:.2f} |" for name, rate in rates.items()),
+    ]
+    table = "\n".join(lines)
+    (args.work / "encoder_throughput.md").write_text(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""Regions of tiled TIFF pyramids decoded tile by tile, at the speed of the JPEG decoder.
+
+OpenSlide composites every region through premultiplied ARGB, which costs about three times
+the decoding itself; for the formats that are plain tiled TIFFs (Aperio SVS, generic pyramidal
+TIFF, OME-TIFF) the tiles can be read with ``os.pread`` and decoded by tifffile's codecs
+(libjpeg-turbo through imagecodecs, the GIL released) straight into the region, giving the
+same pixels. Decoded tiles are kept in a fixed-size LRU cache, so a tile shared by neighbouring
+regions (patches overhang their block) is decoded once.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from hespotex.errors import SlideReadError
+from hespotex.slide import BACKGROUND
+
+TILE_CACHE_BYTES = 256 << 20
+_PLANAR_CONTIG = 1
+_RGB_PHOTOMETRICS = {2, 6}  # RGB, YCbCr
+
+
+class TiledTiffLevels:
+    """The pyramid levels of a tiled 8-bit RGB TIFF, read by region in level pixels."""
+
+    def __init__(self, path: Path, cache_bytes: int = TILE_CACHE_BYTES):
+        import tifffile
+
+        self.path = Path(path)
+        self._tiff = tifffile.TiffFile(self.path)
+        series = self._tiff.series[0]
+        self.pages = [level.keyframe for level in series.levels]
+        if len(series.shape) != 3 or not series.axes.endswith("YXS"):
+            raise ValueError(f"not a single RGB image (axes {series.axes})")
+        for page in self.pages:
+            if not (
+                page.is_tiled
+                and page.planarconfig == _PLANAR_CONTIG
+                and page.samplesperpixel == 3
+                and page.bitspersample == 8
+                and int(page.photometric) in _RGB_PHOTOMETRICS
+            ):
+                raise ValueError("a level is not tiled 8-bit RGB")
+        self.level_dimensions = [(page.imagewidth, page.imagelength) for page in self.pages]
+        self._descriptor = os.open(self.path, os.O_RDONLY)
+        base = self.pages[0]
+        tile_shape = (base.tilelength, base.tilewidth, 3)
+        slots = max(1, cache_bytes // int(np.prod(tile_shape)))
+        self._slots = np.empty((slots, *tile_shape), dtype=np.uint8)
+        self._slot_of: OrderedDict[tuple[int, int], int] = OrderedDict()
+        self._decoding: dict[tuple[int, int], threading.Event] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open_if_usable(
+        cls, path: Path, level_dimensions: list[tuple[int, int]] | None = None
+    ) -> TiledTiffLevels | None:
+        """The reader, or None when the file is not a tiled RGB TIFF whose levels are
+        ``level_dimensions`` (as another reader sees them)."""
+        try:
+            levels = cls(path)
+        except Exception:  # tifffile raises many types; any means "not for this reader"
+            return None
+        expected = [tuple(dims) for dims in level_dimensions] if level_dimensions else None
+        if expected is not None and levels.level_dimensions != expected:
+            levels.close()
+            return None
+        return levels
+
+    def _tile(self, level: int, index: int) -> np.ndarray:
+        key = (level, index)
+        while True:
+            with self._lock:
+                slot = self._slot_of.get(key)
+                if slot is not None:
+                    self._slot_of.move_to_end(key)
+                    # A view: the slot was just used, so it is the last to be evicted.
+                    return self._slots[slot]
+                decoding = self._decoding.get(key)
+                if decoding is None:
+                    self._decoding[key] = threading.Event()
+                    break
+            decoding.wait()  # another thread decodes this tile: take its result
+        try:
+            decoded = self._decode(level, index)
+            with self._lock:
+                if decoded.shape == self._slots.shape[1:]:
+                    if len(self._slot_of) < len(self._slots):
+                        slot = len(self._slot_of)
+                    else:
+                        _, slot = self._slot_of.popitem(last=False)
+                    self._slot_of[key] = slot
+                    # Copying into slots allocated once costs less than keeping fresh buffers,
+                    # whose first touch costs a page fault per 4 KiB.
+                    self._slots[slot] = decoded
+        finally:
+            with self._lock:
+                self._decoding.pop(key).set()
+        return decoded
+
+    def _decode(self, level: int, index: int) -> np.ndarray:
+        page = self.pages[level]
+        offset, count = page.dataoffsets[index], page.databytecounts[index]
+        if count == 0:  # a sparse tile: nothing was scanned there
+            return np.full((page.tilelength, page.tilewidth, 3), BACKGROUND, dtype=np.uint8)
+        try:
+            data = os.pread(self._descriptor, count, offset)
+            segment = page.decode(data, index, jpegtables=page.jpegtables)[0]
+            return segment.reshape(page.tilelength, page.tilewidth, 3)
+        except Exception as error:  # codecs raise many types on damaged tiles
+            raise SlideReadError(
+                self.path, f"cannot decode tile {index} of level {level}: {error}"
+            ) from None
+
+    def read(self, level: int, x0: int, y0: int, width: int, height: int) -> np.ndarray:
+        """(height, width, 3) uint8 from level pixel (x0, y0); outside the image is glass."""
+        out = np.empty((height, width, 3), dtype=np.uint8)
+        self.read_into(out, level, x0, y0)
+        return out
+
+    def read_into(self, out: np.ndarray, level: int, x0: int, y0: int) -> None:
+        """Fill ``out`` (height, width, 3) from level pixel (x0, y0), straight from the
+        decoded tiles."""
+        height, width = out.shape[:2]
+        page = self.pages[level]
+        tile_width, tile_length = page.tilewidth, page.tilelength
+        level_width, level_height = self.level_dimensions[level]
+        left, top = max(x0, 0), max(y0, 0)
+        right, bottom = min(x0 + width, level_width), min(y0 + height, level_height)
+        if (left, top, right, bottom) != (x0, y0, x0 + width, y0 + height):
+            out.fill(BACKGROUND)
+        if right <= left or bottom <= top:
+            return
+        across = -(-level_width // tile_width)
+        for row in range(top // tile_length, (bottom - 1) // tile_length + 1):
+            for column in range(left // tile_width, (right - 1) // tile_width + 1):
+                tile = self._tile(level, row * across + column)
+                tile_x, tile_y = column * tile_width, row * tile_length
+                x_from, x_to = max(left, tile_x), min(right, tile_x + tile_width)
+                y_from, y_to = max(top, tile_y), min(bottom, tile_y + tile_length)
+                out[y_from - y0 : y_to - y0, x_from - x0 : x_to - x0] = tile[
+                    y_from - tile_y : y_to - tile_y, x_from - tile_x : x_to - tile_x
+                ]
+
+    def close(self) -> None:
+        os.close(self._descriptor)
+        self._tiff.close()
