@@ -10,6 +10,10 @@ configfile: "config/config.yaml"
 include: "workflow/rules/common.smk"
 
 
+localrules:
+    all,
+
+
 rule all:
     input:
         expand(PATHS.expression, slide=SLIDES),

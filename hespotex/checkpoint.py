@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from hespotex import __version__
 from hespotex.atomic import atomic_path
 from hespotex.errors import CheckpointError
-from hespotex.model import ImageStream, ImageStreamShape
+
+if TYPE_CHECKING:
+    from hespotex.model import ImageStream, ImageStreamShape
 
 METADATA_KEY = "hespotex"
 FORMAT_VERSION = 1
@@ -53,6 +55,8 @@ class CheckpointMeta(BaseModel):
 
     @property
     def shape(self) -> ImageStreamShape:
+        from hespotex.model import ImageStreamShape
+
         return ImageStreamShape(
             feature_dim=self.encoder.feature_dim,
             latent_dim=self.latent_dim,
@@ -78,7 +82,9 @@ def read_checkpoint_meta(path: Path) -> CheckpointMeta:
     if not path.is_file():
         raise CheckpointError(path, "the checkpoint file does not exist")
     try:
-        with safe_open(str(path), framework="pt") as handle:
+        # The numpy view reads the header without importing torch: the Snakefile calls this at
+        # parse time, in every SLURM job too.
+        with safe_open(str(path), framework="numpy") as handle:
             header = handle.metadata() or {}
     except Exception as error:  # safetensors raises its own and OS errors on bad files
         raise CheckpointError(path, f"not a safetensors checkpoint: {error}") from None
@@ -97,6 +103,8 @@ def read_checkpoint_meta(path: Path) -> CheckpointMeta:
 
 def load_checkpoint(path: Path) -> tuple[ImageStream, CheckpointMeta]:
     from safetensors.torch import load_file
+
+    from hespotex.model import ImageStream
 
     meta = read_checkpoint_meta(path)
     model = ImageStream(meta.shape)

@@ -187,6 +187,35 @@ class OutputsConfig(_Section):
     )
 
 
+class JobResources(_Section):
+    """What one job of a stage asks the cluster for."""
+
+    cpus: int = Field(1, ge=1, le=512, description="CPUs per job")
+    mem_mb: int = Field(4000, ge=100, description="memory per job in MB")
+    runtime_min: int = Field(
+        10, ge=1, description="minutes per slide (a batch job asks for the sum over its slides)"
+    )
+
+
+class ClusterConfig(_Section):
+    """Cluster submission (`--profile workflow/profiles/slurm`); ignored by local runs except
+    that rules declare these resources."""
+
+    partition: str | None = Field(None, description="SLURM partition for every job")
+    account: str | None = Field(None, description="SLURM account for every job")
+    gpus_per_features_job: int = Field(
+        1, ge=0, le=16, description="GPUs per features job; 0 on a cluster without GPUs"
+    )
+    light: JobResources = Field(
+        JobResources(cpus=1, mem_mb=4000, runtime_min=5),
+        description="each tissue, tiles, graph and decode job (one slide)",
+    )
+    features: JobResources = Field(
+        JobResources(cpus=8, mem_mb=16000, runtime_min=20),
+        description="each features job (one slide)",
+    )
+
+
 class PipelineConfig(_Section):
     """Everything a run needs. Relative paths are relative to the working directory."""
 
@@ -201,6 +230,7 @@ class PipelineConfig(_Section):
     decode: DecodeConfig = DecodeConfig()
     training: TrainingConfig = TrainingConfig()
     outputs: OutputsConfig = OutputsConfig()
+    cluster: ClusterConfig = ClusterConfig()
 
 
 def _format_validation_error(error: ValidationError, source: str) -> str:

@@ -9,7 +9,6 @@ Features are L2-normalised, as CLIP's ``encode_image(normalize=True)`` returns t
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from hespotex.checksum import file_sha256
 from hespotex.config import EncoderArchitecture, EncoderConfig
 from hespotex.errors import ConfigError, InputDataError
 
@@ -140,14 +140,6 @@ class StainStatistics(nn.Module):
         ]  # fmt: skip
         features = torch.cat(parts, dim=1)
         return nn.functional.pad(features, (0, STAIN_STATS_DIM - features.shape[1]))
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

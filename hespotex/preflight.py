@@ -11,13 +11,12 @@ import json
 from pathlib import Path
 
 from hespotex.checkpoint import check_encoder_matches, read_checkpoint_meta
+from hespotex.checksum import file_sha256
 from hespotex.config import PipelineConfig, SampleRow, read_sample_sheet
 from hespotex.errors import ConfigError
 
 
 def encoder_weights_id(config: PipelineConfig) -> str:
-    from hespotex.encoders import file_sha256
-
     if not config.encoder.architecture.needs_weights:
         return "weights-free"
     if config.encoder.is_random:

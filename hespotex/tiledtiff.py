@@ -15,6 +15,7 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
+import imagecodecs
 import numpy as np
 
 from hespotex.errors import SlideReadError
@@ -22,6 +23,7 @@ from hespotex.slide import BACKGROUND
 
 TILE_CACHE_BYTES = 256 << 20
 _PLANAR_CONTIG = 1
+_JPEG = 7
 _RGB_PHOTOMETRICS = {2, 6}  # RGB, YCbCr
 
 
@@ -30,6 +32,7 @@ class TiledTiffLevels:
 
     def __init__(self, path: Path, cache_bytes: int = TILE_CACHE_BYTES):
         import tifffile
+        from tifffile.tifffile import jpeg_decode_colorspace
 
         self.path = Path(path)
         self._tiff = tifffile.TiffFile(self.path)
@@ -53,6 +56,17 @@ class TiledTiffLevels:
         slots = max(1, cache_bytes // int(np.prod(tile_shape)))
         self._slots = np.empty((slots, *tile_shape), dtype=np.uint8)
         self._slot_of: OrderedDict[tuple[int, int], int] = OrderedDict()
+        self._free_slots = list(range(slots))
+        # JPEG tiles are decoded by imagecodecs directly, with the colour spaces tifffile
+        # would use (Aperio's RGB JPEG, YCbCr elsewhere); other codecs through tifffile.
+        self._jpeg_colorspaces = [
+            jpeg_decode_colorspace(
+                page.photometric, page.planarconfig, page.extrasamples, page.is_jfif
+            )
+            if page.compression == _JPEG
+            else None
+            for page in self.pages
+        ]
         self._decoding: dict[tuple[int, int], threading.Event] = {}
         self._lock = threading.Lock()
 
@@ -86,36 +100,58 @@ class TiledTiffLevels:
                     self._decoding[key] = threading.Event()
                     break
             decoding.wait()  # another thread decodes this tile: take its result
+        page = self.pages[level]
         try:
-            decoded = self._decode(level, index)
+            if (page.tilelength, page.tilewidth, 3) != self._slots.shape[1:]:
+                return self._decode(level, index)
             with self._lock:
-                if decoded.shape == self._slots.shape[1:]:
-                    if len(self._slot_of) < len(self._slots):
-                        slot = len(self._slot_of)
-                    else:
-                        _, slot = self._slot_of.popitem(last=False)
-                    self._slot_of[key] = slot
-                    # Copying into slots allocated once costs less than keeping fresh buffers,
-                    # whose first touch costs a page fault per 4 KiB.
-                    self._slots[slot] = decoded
+                if self._free_slots:
+                    slot = self._free_slots.pop()
+                else:
+                    _, slot = self._slot_of.popitem(last=False)
+            try:
+                # Straight into the slot: slots are allocated once, so no fresh memory (a page
+                # fault per 4 KiB) and no copy per decoded tile.
+                self._decode(level, index, out=self._slots[slot])
+            except BaseException:
+                with self._lock:
+                    self._free_slots.append(slot)
+                raise
+            with self._lock:
+                self._slot_of[key] = slot
+            return self._slots[slot]
         finally:
             with self._lock:
                 self._decoding.pop(key).set()
-        return decoded
 
-    def _decode(self, level: int, index: int) -> np.ndarray:
+    def _decode(self, level: int, index: int, out: np.ndarray | None = None) -> np.ndarray:
         page = self.pages[level]
+        shape = (page.tilelength, page.tilewidth, 3)
+        if out is None:
+            out = np.empty(shape, dtype=np.uint8)
         offset, count = page.dataoffsets[index], page.databytecounts[index]
         if count == 0:  # a sparse tile: nothing was scanned there
-            return np.full((page.tilelength, page.tilewidth, 3), BACKGROUND, dtype=np.uint8)
+            out.fill(BACKGROUND)
+            return out
         try:
             data = os.pread(self._descriptor, count, offset)
-            segment = page.decode(data, index, jpegtables=page.jpegtables)[0]
-            return segment.reshape(page.tilelength, page.tilewidth, 3)
+            if self._jpeg_colorspaces[level] is not None:
+                colorspace, outcolorspace = self._jpeg_colorspaces[level]
+                imagecodecs.jpeg_decode(
+                    data,
+                    tables=page.jpegtables,
+                    colorspace=colorspace,
+                    outcolorspace=outcolorspace,
+                    shape=shape[:2],
+                    out=out,
+                )
+            else:
+                out[...] = page.decode(data, index, jpegtables=page.jpegtables)[0].reshape(shape)
         except Exception as error:  # codecs raise many types on damaged tiles
             raise SlideReadError(
                 self.path, f"cannot decode tile {index} of level {level}: {error}"
             ) from None
+        return out
 
     def read(self, level: int, x0: int, y0: int, width: int, height: int) -> np.ndarray:
         """(height, width, 3) uint8 from level pixel (x0, y0); outside the image is glass."""

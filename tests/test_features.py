@@ -6,8 +6,9 @@ import zarr
 from conftest import SVS, TEST_ENCODER
 
 from hespotex import __version__
+from hespotex.checksum import file_sha256
 from hespotex.config import EncoderConfig, parse_config
-from hespotex.encoders import file_sha256, load_encoder, read_state_dict
+from hespotex.encoders import load_encoder, read_state_dict
 from hespotex.errors import ConfigError, InputDataError
 from hespotex.features import run_features
 from hespotex.paths import SlidePaths

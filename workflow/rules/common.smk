@@ -39,6 +39,27 @@ RUN_CONFIG = str(write_run_config(SETTINGS, SETTINGS.results / ".hespotex" / "co
 ENV = "../../envs/hespotex.yaml"
 
 
+def cluster_resources(job, gpus=0):
+    """What a job asks a cluster for; the SLURM executor plugin reads these names."""
+    cluster = SETTINGS.cluster
+    requested = {
+        "slide_slot": 1,
+        "cpus_per_task": job.cpus,
+        "mem_mb": job.mem_mb,
+        "runtime": job.runtime_min,
+        "slurm_partition": cluster.partition,
+        "slurm_account": cluster.account,
+        "gpu": gpus or None,
+    }
+    return {name: value for name, value in requested.items() if value is not None}
+
+
+LIGHT_RESOURCES = cluster_resources(SETTINGS.cluster.light)
+FEATURES_RESOURCES = cluster_resources(
+    SETTINGS.cluster.features, SETTINGS.cluster.gpus_per_features_job
+)
+
+
 wildcard_constraints:
     slide=SLIDE_ID_PATTERN.strip("^$"),
 

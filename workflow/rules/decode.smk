@@ -13,6 +13,10 @@ rule decode:
         config=RUN_CONFIG,
     log:
         f"{LOGS}/decode/{{slide}}.log",
+    group:
+        "predict"
+    resources:
+        **LIGHT_RESOURCES,
     conda:
         ENV
     shell:

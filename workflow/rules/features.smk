@@ -9,6 +9,10 @@ rule features:
     log:
         f"{LOGS}/features/{{slide}}.log",
     threads: max(1, SETTINGS.features.num_workers)
+    group:
+        "encode"
+    resources:
+        **FEATURES_RESOURCES,
     conda:
         ENV
     shell:

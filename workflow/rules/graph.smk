@@ -7,6 +7,10 @@ rule graph:
         config=RUN_CONFIG,
     log:
         f"{LOGS}/graph/{{slide}}.log",
+    group:
+        "predict"
+    resources:
+        **LIGHT_RESOURCES,
     conda:
         ENV
     shell:

@@ -8,6 +8,10 @@ rule tiles:
         config=RUN_CONFIG,
     log:
         f"{LOGS}/tiles/{{slide}}.log",
+    group:
+        "prepare"
+    resources:
+        **LIGHT_RESOURCES,
     conda:
         ENV
     shell:

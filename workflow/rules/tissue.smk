@@ -10,6 +10,10 @@ rule tissue:
         config=RUN_CONFIG,
     log:
         f"{LOGS}/tissue/{{slide}}.log",
+    group:
+        "prepare"
+    resources:
+        **LIGHT_RESOURCES,
     conda:
         ENV
     shell:
