@@ -2,10 +2,10 @@
 
 OpenSlide composites every region through premultiplied ARGB, which costs about three times
 the decoding itself; for the formats that are plain tiled TIFFs (Aperio SVS, generic pyramidal
-TIFF, OME-TIFF) the tiles can be read with ``os.pread`` and decoded by tifffile's codecs
-(libjpeg-turbo through imagecodecs, the GIL released) straight into the region, giving the
-same pixels. Decoded tiles are kept in a fixed-size LRU cache, so a tile shared by neighbouring
-regions (patches overhang their block) is decoded once.
+TIFF, OME-TIFF) the tiles can be read with ``os.pread`` and decoded by libjpeg-turbo through
+imagecodecs (the GIL released) with the colour spaces tifffile would use, giving the same
+pixels. Tiles are decoded straight into a fixed-size LRU cache, so a tile shared by
+neighbouring patches and regions is decoded once, and patches are copied out of it.
 """
 
 from __future__ import annotations
