@@ -3,7 +3,8 @@
 The AnnData is what scanpy and squidpy users expect from Visium: spots × genes,
 ``obsm['spatial']`` in level-0 pixels, and ``uns['spatial'][slide_id]`` with the thumbnail
 (as ``hires``) and its scale factor, so ``scanpy.pl.spatial`` draws it unchanged. Spot
-diameter is the grid spacing, so spots drawn at that size tile the tissue.
+diameter is the grid spacing, so spots drawn at that size tile the tissue. Beside it,
+``qupath.geojson`` carries the spots and the tissue outline for QuPath.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from hespotex.encoders import pick_device
 from hespotex.errors import ConfigError, InputDataError
 from hespotex.paths import SlidePaths
 from hespotex.plots import write_heatmap
+from hespotex.qupath import write_qupath_geojson
 from hespotex.store import read_feature_store, read_graph_store
 from hespotex.tiling import read_spots
-from hespotex.tissue import TissueRecord
+from hespotex.tissue import TissueRecord, read_mask
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +130,17 @@ def run_decode(slide_id: str, config: PipelineConfig) -> ad.AnnData:
         tmp.mkdir()
         for gene in config.outputs.heatmap_genes:
             write_heatmap(tmp / paths.heatmap(gene).name, adata, slide_id, gene)
+    write_qupath_geojson(
+        paths.qupath,
+        list(adata.obs_names),
+        adata.obsm["spatial"],
+        {gene: adata[:, gene].X.ravel() for gene in config.outputs.heatmap_genes},
+        config.grid.layout,
+        config.grid.spacing_um / record.mpp,
+        read_mask(paths.tissue_mask),
+        record.mask_downsample,
+        (record.width_px, record.height_px),
+    )
     with atomic_path(paths.expression) as tmp:
         adata.write_h5ad(tmp)
     logger.info("wrote %d spots × %d genes to %s", *adata.shape, paths.expression)

@@ -8,8 +8,8 @@ straight from it. Other formats are read by region: consecutive spots are groupe
 whose patches fit one region of at most ``max_region_px`` level pixels a side, read once, and
 the patches are cropped from it. The tiles stage numbers spots block by block, so neighbours
 are read together either way. Batches are read by a pool of threads (the JPEG codecs and
-OpenSlide release the GIL) at most ``workers + 1`` batches ahead, into fresh arrays, so memory
-stays bounded whatever the slide's size.
+OpenSlide release the GIL) at most ``max(1, workers) + 1`` batches ahead, into fresh arrays,
+so memory stays bounded whatever the slide's size.
 """
 
 from __future__ import annotations

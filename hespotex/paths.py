@@ -54,6 +54,10 @@ class SlidePaths:
         return self.root / "expression.h5ad"
 
     @property
+    def qupath(self) -> Path:
+        return self.root / "qupath.geojson"
+
+    @property
     def heatmaps(self) -> Path:
         return self.root / "heatmaps"
 

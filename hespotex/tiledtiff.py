@@ -36,19 +36,12 @@ class TiledTiffLevels:
 
         self.path = Path(path)
         self._tiff = tifffile.TiffFile(self.path)
-        series = self._tiff.series[0]
-        self.pages = [level.keyframe for level in series.levels]
-        if len(series.shape) != 3 or not series.axes.endswith("YXS"):
-            raise ValueError(f"not a single RGB image (axes {series.axes})")
-        for page in self.pages:
-            if not (
-                page.is_tiled
-                and page.planarconfig == _PLANAR_CONTIG
-                and page.samplesperpixel == 3
-                and page.bitspersample == 8
-                and int(page.photometric) in _RGB_PHOTOMETRICS
-            ):
-                raise ValueError("a level is not tiled 8-bit RGB")
+        try:
+            self._check_layout()
+        except BaseException:
+            self._tiff.close()
+            raise
+        self.pages = [level.keyframe for level in self._tiff.series[0].levels]
         self.level_dimensions = [(page.imagewidth, page.imagelength) for page in self.pages]
         self._descriptor = os.open(self.path, os.O_RDONLY)
         base = self.pages[0]
@@ -70,6 +63,20 @@ class TiledTiffLevels:
         self._decoding: dict[tuple[int, int], threading.Event] = {}
         self._lock = threading.Lock()
 
+    def _check_layout(self) -> None:
+        series = self._tiff.series[0]
+        if len(series.shape) != 3 or not series.axes.endswith("YXS"):
+            raise ValueError(f"not a single RGB image (axes {series.axes})")
+        for page in (level.keyframe for level in series.levels):
+            if not (
+                page.is_tiled
+                and page.planarconfig == _PLANAR_CONTIG
+                and page.samplesperpixel == 3
+                and page.bitspersample == 8
+                and int(page.photometric) in _RGB_PHOTOMETRICS
+            ):
+                raise ValueError("a level is not tiled 8-bit RGB")
+
     @classmethod
     def open_if_usable(
         cls, path: Path, level_dimensions: list[tuple[int, int]] | None = None
@@ -86,15 +93,20 @@ class TiledTiffLevels:
             return None
         return levels
 
-    def _tile(self, level: int, index: int) -> np.ndarray:
+    def _copy_from_tile(
+        self, level: int, index: int, destination: np.ndarray, rows: slice, columns: slice
+    ) -> None:
+        """``destination[...] = tile[rows, columns]``, decoding the tile only if no cache slot
+        holds it. Copies out of a slot happen under the lock, so no other thread can evict the
+        slot and decode another tile into it meanwhile."""
         key = (level, index)
         while True:
             with self._lock:
                 slot = self._slot_of.get(key)
                 if slot is not None:
                     self._slot_of.move_to_end(key)
-                    # A view: the slot was just used, so it is the last to be evicted.
-                    return self._slots[slot]
+                    destination[...] = self._slots[slot][rows, columns]
+                    return
                 decoding = self._decoding.get(key)
                 if decoding is None:
                     self._decoding[key] = threading.Event()
@@ -102,13 +114,16 @@ class TiledTiffLevels:
             decoding.wait()  # another thread decodes this tile: take its result
         page = self.pages[level]
         try:
-            if (page.tilelength, page.tilewidth, 3) != self._slots.shape[1:]:
-                return self._decode(level, index)
-            with self._lock:
-                if self._free_slots:
-                    slot = self._free_slots.pop()
-                else:
-                    _, slot = self._slot_of.popitem(last=False)
+            slot = None
+            if (page.tilelength, page.tilewidth, 3) == self._slots.shape[1:]:
+                with self._lock:
+                    if self._free_slots:
+                        slot = self._free_slots.pop()
+                    elif self._slot_of:
+                        _, slot = self._slot_of.popitem(last=False)
+            if slot is None:  # another tile shape, or every slot is being decoded into
+                destination[...] = self._decode(level, index)[rows, columns]
+                return
             try:
                 # Straight into the slot: slots are allocated once, so no fresh memory (a page
                 # fault per 4 KiB) and no copy per decoded tile.
@@ -119,7 +134,7 @@ class TiledTiffLevels:
                 raise
             with self._lock:
                 self._slot_of[key] = slot
-            return self._slots[slot]
+                destination[...] = self._slots[slot][rows, columns]
         finally:
             with self._lock:
                 self._decoding.pop(key).set()
@@ -175,13 +190,16 @@ class TiledTiffLevels:
         across = -(-level_width // tile_width)
         for row in range(top // tile_length, (bottom - 1) // tile_length + 1):
             for column in range(left // tile_width, (right - 1) // tile_width + 1):
-                tile = self._tile(level, row * across + column)
                 tile_x, tile_y = column * tile_width, row * tile_length
                 x_from, x_to = max(left, tile_x), min(right, tile_x + tile_width)
                 y_from, y_to = max(top, tile_y), min(bottom, tile_y + tile_length)
-                out[y_from - y0 : y_to - y0, x_from - x0 : x_to - x0] = tile[
-                    y_from - tile_y : y_to - tile_y, x_from - tile_x : x_to - tile_x
-                ]
+                self._copy_from_tile(
+                    level,
+                    row * across + column,
+                    out[y_from - y0 : y_to - y0, x_from - x0 : x_to - x0],
+                    slice(y_from - tile_y, y_to - tile_y),
+                    slice(x_from - tile_x, x_to - tile_x),
+                )
 
     def close(self) -> None:
         os.close(self._descriptor)

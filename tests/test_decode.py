@@ -78,6 +78,62 @@ def test_expression_h5ad_has_what_scanpy_and_squidpy_need(decoded):
     assert (paths.heatmaps / "PLANTED_HEMATOXYLIN.png").is_file()
 
 
+def test_qupath_geojson_has_spots_at_true_size_with_expression_and_the_tissue(decoded):
+    config, paths = decoded
+    adata = ad.read_h5ad(paths.expression)
+    collection = json.loads(paths.qupath.read_text())
+    assert collection["type"] == "FeatureCollection"
+    detections = [f for f in collection["features"] if f["properties"]["objectType"] == "detection"]
+    annotations = [
+        f for f in collection["features"] if f["properties"]["objectType"] == "annotation"
+    ]
+    assert [f["id"] for f in detections] == list(adata.obs_names)
+    spacing_px = config.grid.spacing_um / float(adata.uns["hespotex"]["mpp"])
+    for feature, centre, value in zip(
+        detections, adata.obsm["spatial"], adata[:, "PLANTED_HEMATOXYLIN"].X.ravel(), strict=True
+    ):
+        ring = np.array(feature["geometry"]["coordinates"][0])
+        assert feature["geometry"]["type"] == "Polygon" and len(ring) == 7
+        assert np.array_equal(ring[0], ring[-1])
+        assert np.allclose(ring[:-1].mean(axis=0), centre, atol=0.05)
+        x, y = ring[:, 0], ring[:, 1]
+        area = abs(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1])) / 2
+        # A hexagon of the hexagonal lattice: area √3/2 · spacing², as the lattice's cell.
+        assert area == pytest.approx(np.sqrt(3) / 2 * spacing_px**2, rel=1e-3)
+        assert feature["properties"]["measurements"] == {
+            "PLANTED_HEMATOXYLIN": pytest.approx(float(value), abs=1e-4)
+        }
+    assert len(annotations) == 1
+    tissue = annotations[0]
+    assert tissue["properties"]["classification"]["name"] == "Tissue"
+    outline = np.concatenate(
+        [np.array(polygon[0]) for polygon in tissue["geometry"]["coordinates"]]
+    )
+    width, height = read_tissue_size(paths)
+    assert outline.min() >= 0
+    assert outline[:, 0].max() <= width and outline[:, 1].max() <= height
+    assert np.all(adata.obsm["spatial"].min(axis=0) >= outline.min(axis=0) - spacing_px)
+
+
+def test_tissue_outlines_are_outer_rings_only_even_around_a_hole():
+    from hespotex.qupath import tissue_outlines
+
+    mask = np.zeros((40, 60), dtype=bool)
+    mask[5:35, 5:30] = True
+    mask[15:25, 12:22] = False  # a hole
+    mask[10:20, 40:55] = True  # a second region
+    rings = tissue_outlines(mask, 4.0, (240, 160))
+    assert len(rings) == 2
+    spans = sorted((np.ptp(np.array(ring)[:, 0]), np.ptp(np.array(ring)[:, 1])) for ring in rings)
+    assert spans[0] == pytest.approx((14 * 4, 9 * 4), abs=4)
+    assert spans[1] == pytest.approx((24 * 4, 29 * 4), abs=4)
+
+
+def read_tissue_size(paths: SlidePaths) -> tuple[int, int]:
+    record = json.loads(paths.tissue_record.read_text())
+    return record["width_px"], record["height_px"]
+
+
 def test_scanpy_draws_the_spatial_plot_unchanged(decoded, tmp_path):
     import matplotlib
 

@@ -60,6 +60,7 @@ def outputs_of(results: Path, slide_id: str) -> list[Path]:
         paths.features,
         paths.graph,
         paths.expression,
+        paths.qupath,
         paths.heatmaps,
     ]
 

@@ -2,7 +2,7 @@
 # A real one-node SLURM cluster on this machine, for tests/test_slurm.py and by hand:
 #   tests/slurm/cluster.sh install   apt-get slurmctld slurmd slurm-client munge (root)
 #   tests/slurm/cluster.sh start     munge key, /etc/slurm/slurm.conf, start the daemons
-#   tests/slurm/cluster.sh stop      stop them (by their pid files)
+#   tests/slurm/cluster.sh stop      stop slurmctld and slurmd (by their pid files)
 # What works on these machines is recorded in ../shared/notes/slurm-single-node.md:
 # slurm.conf at the default path, no accounting (the executor plugin then uses squeue),
 # MinJobAge long enough that squeue still lists finished jobs.
@@ -28,8 +28,8 @@ start_munge() {
     fi
     chown munge:munge /etc/munge/munge.key
     chmod 400 /etc/munge/munge.key
-    if ! pgrep -x munged >/dev/null; then
-        su -s /bin/sh munge -c "munged --force" 2>/dev/null || munged --force
+    if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
+        su -s /bin/sh munge -c "munged --force" || munged --force
     fi
 }
 
@@ -39,6 +39,10 @@ write_conf() {
     cpus=$(nproc)
     memory=$(awk '/MemTotal/ {print int($2 / 1024 * 0.8)}' /proc/meminfo)
     mkdir -p "$STATE"/{ctld,d,log} /etc/slurm
+    if [ -f "$CONF" ] && ! grep -q "^ClusterName=hespotex-test$" "$CONF"; then
+        echo "$CONF exists and is not this test cluster's: not touching it" >&2
+        return 1
+    fi
     cat >"$CONF" <<EOF
 ClusterName=hespotex-test
 SlurmctldHost=$host
@@ -74,7 +78,7 @@ start() {
         slurmd
     fi
     for _ in $(seq 60); do
-        if sinfo --noheader --format=%t 2>/dev/null | grep -q -E "^(idle|mix|alloc)"; then
+        if sinfo --noheader --format=%t 2>/dev/null | grep -q -E "^(idle|mix|alloc)$"; then
             return 0
         fi
         sleep 1

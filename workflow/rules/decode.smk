@@ -5,9 +5,11 @@ rule decode:
         spots=PATHS.spots,
         record=PATHS.tissue_record,
         thumbnail=PATHS.thumbnail,
+        mask=PATHS.tissue_mask,
         checkpoint=str(SETTINGS.decode.checkpoint),
     output:
         expression=PATHS.expression,
+        qupath=PATHS.qupath,
         heatmaps=directory(PATHS.heatmaps),
     params:
         config=RUN_CONFIG,
