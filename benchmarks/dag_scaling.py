@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import argparse
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import yaml
+from timing import run_timed, write_table
 
 REPO = Path(__file__).resolve().parents[1]
 SLIDE = REPO.parent / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
@@ -57,18 +57,6 @@ rule decode:
     output: "out/{slide}/expression.h5ad"
     shell: "touch {output}"
 """
-
-
-def timed(command: list[str], cwd: Path) -> tuple[float, float, str]:
-    result = subprocess.run(
-        ["/usr/bin/time", "-v", *command], capture_output=True, text=True, cwd=cwd, check=False
-    )
-    if result.returncode != 0:
-        sys.exit(f"{' '.join(command)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
-    peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr)[1])
-    elapsed = re.search(r"Elapsed \(wall clock\) time.*: (?:(\d+):)?(\d+):([\d.]+)", result.stderr)
-    hours, minutes, seconds = (float(part) if part else 0.0 for part in elapsed.groups())
-    return hours * 3600 + minutes * 60 + seconds, peak_kb / 1024, result.stdout
 
 
 def count_submissions(dry_run_output: str) -> tuple[int, dict[str, int]]:
@@ -129,8 +117,8 @@ def main() -> None:
             "--configfile",
             str(config),
         ]
-        seconds, peak_mb, output = timed(ours, REPO)
-        quiet_seconds, _, _ = timed([*ours, "--quiet"], REPO)
+        seconds, peak_mb, output = run_timed(ours, REPO)
+        quiet_seconds, _, _ = run_timed([*ours, "--quiet"], REPO)
         jobs, groups = count_submissions(output)
         per_group = ", ".join(f"{name} {count:,}" for name, count in sorted(groups.items()))
         lines.append(
@@ -140,7 +128,7 @@ def main() -> None:
         print(lines[-1], flush=True)
         # What every SLURM job pays first: its own snakemake parses the workflow and builds
         # the DAG of its target jobs (snakemake-executor-plugin-slurm issue #215).
-        remote_seconds, remote_peak, _ = timed(
+        remote_seconds, remote_peak, _ = run_timed(
             [snakemake, "-n", "--cores", "1", "--configfile", str(config), "--target-jobs",
              "tissue:slide=slide000000", "--allowed-rules", "tissue"],
             REPO,
@@ -151,17 +139,15 @@ def main() -> None:
         )
         print(lines[-1], flush=True)
         bare = [snakemake, "-n", "--cores", "1", "--config", f"samples={sheet}", f"slide={SLIDE}"]
-        bare_seconds, bare_peak, bare_output = timed(bare, work)
-        bare_quiet_seconds, _, _ = timed([*bare, "--quiet"], work)
+        bare_seconds, bare_peak, bare_output = run_timed(bare, work)
+        bare_quiet_seconds, _, _ = run_timed([*bare, "--quiet"], work)
         bare_jobs = int(re.search(r"^total\s+(\d+)", bare_output, re.MULTILINE)[1])
         lines.append(
             f"| {size:,} | bare five-rule Snakefile | {bare_jobs:,} | {bare_jobs:,} | "
             f"{bare_seconds:.1f} | {bare_quiet_seconds:.1f} | {bare_peak:.0f} |"
         )
         print(lines[-1], flush=True)
-    table = "\n".join(lines)
-    (work / "dag_scaling.md").write_text(table + "\n")
-    print(table)
+    write_table(work / "dag_scaling.md", lines)
 
 
 if __name__ == "__main__":

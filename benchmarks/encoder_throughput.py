@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from timing import write_table
 
 REPO = Path(__file__).resolve().parents[1]
 SVS = REPO.parent / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
@@ -96,9 +97,7 @@ def main() -> None:
         "|---|---|---|",
         *(f"| {name} | {rate:,.1f} | {rate / baseline:.2f} |" for name, rate in rates.items()),
     ]
-    table = "\n".join(lines)
-    (args.work / "encoder_throughput.md").write_text(table + "\n")
-    print(table)
+    write_table(args.work / "encoder_throughput.md", lines)
 
 
 if __name__ == "__main__":

@@ -16,12 +16,11 @@ prints a Markdown table (also written to <work>/table.md).
 from __future__ import annotations
 
 import argparse
-import re
-import subprocess
 import sys
 from pathlib import Path
 
 import yaml
+from timing import run_timed, write_table
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -42,18 +41,6 @@ def build_slide(path: Path, side: int) -> None:
     tissue = np.tile(tile, (reps, reps, 1))[: side - 2 * margin, : side - 2 * margin]
     image[margin : side - margin, margin : side - margin] = tissue
     write_pyramid_tiff(path, image, 0.5)
-
-
-def measure(command: list[str]) -> tuple[float, float]:
-    result = subprocess.run(
-        ["/usr/bin/time", "-v", *command], capture_output=True, text=True, check=False
-    )
-    if result.returncode != 0:
-        sys.exit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
-    peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr)[1])
-    elapsed = re.search(r"Elapsed \(wall clock\) time.*: (?:(\d+):)?(\d+):([\d.]+)", result.stderr)
-    hours, minutes, seconds = (float(part) if part else 0.0 for part in elapsed.groups())
-    return hours * 3600 + minutes * 60 + seconds, peak_kb / 1024
 
 
 def main() -> None:
@@ -77,7 +64,7 @@ def main() -> None:
         from hespotex.demo import build_training
 
         build_training(work, SHARED)
-        measure(
+        run_timed(
             [hespotex, "train", "--config", str(config_for_training), "--sections",
              str(work / "training" / "sections.tsv"), "--validation", "b4-right",
              "--out", str(checkpoint)]
@@ -102,7 +89,7 @@ def main() -> None:
             )
         )
         for stage in STAGES:
-            seconds, peak_mb = measure([hespotex, stage, "--config", str(config), name])
+            seconds, peak_mb, _ = run_timed([hespotex, stage, "--config", str(config), name])
             rows.append((name, side, stage, seconds, peak_mb))
             print(f"{name} {stage}: {seconds:.1f} s, peak RSS {peak_mb:.0f} MB", flush=True)
         spots = len((work / "results" / name / "spots.tsv").read_text().splitlines()) - 1
@@ -119,9 +106,7 @@ def main() -> None:
                 f"| {name} | {side}² | {spot_counts[name]:,} | {stage} | {seconds:.1f} | "
                 f"{peak_mb:.0f} |"
             )
-    table = "\n".join(lines)
-    (work / "table.md").write_text(table + "\n")
-    print(table)
+    write_table(work / "table.md", lines)
 
 
 if __name__ == "__main__":

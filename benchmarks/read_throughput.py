@@ -34,6 +34,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
+from timing import write_table
 
 REPO = Path(__file__).resolve().parents[1]
 SVS = REPO.parent / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
@@ -259,9 +260,7 @@ def main() -> None:
                     f"| {name} | {len(centres):,} | {len(tiles):,} | {method} | {cores} | "
                     f"{rate:,.0f} | {versus_limit:.2f} | {versus_tiatoolbox:.1f}× |"
                 )
-    table = "\n".join(lines)
-    (work / "read_throughput.md").write_text(table + "\n")
-    print(table)
+    write_table(work / "read_throughput.md", lines)
 
 
 if __name__ == "__main__":
