@@ -1,20 +1,31 @@
 # Two commands do all the set-up on a fresh machine (Python 3.11, package registries only):
 #   make demo   build .venv if missing, build the demo data, train its checkpoint, run the cohort
-#   make test   build .venv if missing, then ruff, snakemake --lint (in the tests) and pytest
+#   make test   build .venv and .venv-viewers if missing, then ruff, snakemake --lint (in the
+#               tests) and pytest
+# `make viewers` builds .venv-viewers alone: squidpy and spatialdata, which cannot share .venv.
 PYTHON ?= python3
 VENV := .venv
+VIEWERS_VENV := .venv-viewers
 BIN := $(CURDIR)/$(VENV)/bin
 CORES ?= 2
 export PATH := $(BIN):$(PATH)
 
-.PHONY: demo test env
+.PHONY: demo test env viewers
 
 env: $(VENV)/installed.stamp
+
+viewers: $(VIEWERS_VENV)/installed.stamp
 
 $(VENV)/installed.stamp: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+$(VIEWERS_VENV)/installed.stamp: envs/viewers.txt
+	$(PYTHON) -m venv $(VIEWERS_VENV)
+	$(VIEWERS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VIEWERS_VENV)/bin/python -m pip install --quiet -r envs/viewers.txt
 	touch $@
 
 demo/training/sections.tsv: | $(VENV)/installed.stamp
@@ -28,7 +39,7 @@ demo: demo/model.safetensors
 	$(BIN)/snakemake --profile workflow/profiles/local --configfile config/demo.yaml \
 		--cores $(CORES)
 
-test: $(VENV)/installed.stamp
+test: $(VENV)/installed.stamp $(VIEWERS_VENV)/installed.stamp
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
 
 from hespotex.errors import HespotexError
@@ -62,7 +63,32 @@ def cmd_graph(args: argparse.Namespace) -> None:
 def cmd_decode(args: argparse.Namespace) -> None:
     from hespotex.decode import run_decode
 
-    run_decode(args.slide_id, _config(args))
+    config = _config(args)
+    with _open_sample_slide(config, args.slide_id) as slide:
+        run_decode(slide, args.slide_id, config)
+
+
+def cmd_cohort(args: argparse.Namespace) -> None:
+    from hespotex.cohort import run_cohort
+
+    run_cohort(_config(args), args.workers)
+
+
+def cmd_evaluate_bulk(args: argparse.Namespace) -> None:
+    from hespotex.bulk import run_evaluate_bulk
+
+    summary = run_evaluate_bulk(
+        args.pseudobulk, args.bulk, args.out, args.map, bulk_is_log=args.bulk_is_log
+    )
+    logger.info(
+        "%d samples × %d genes: per-gene Spearman median %s, per-sample Pearson mean %s; "
+        "tables in %s",
+        summary["samples"],
+        summary["genes"],
+        summary["gene_spearman_median"],
+        summary["sample_pearson_mean"],
+        args.out,
+    )
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -116,7 +142,7 @@ def _add_stage(subparsers, name: str, handler, help_text: str) -> None:
     parser = subparsers.add_parser(name, help=help_text)
     parser.add_argument("slide_id", help="a slide_id of the sample sheet")
     parser.add_argument("--config", type=Path, required=True, help="pipeline config YAML")
-    parser.set_defaults(handler=handler)
+    parser.set_defaults(handler=handler, stage=name)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,6 +156,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stage(subparsers, "features", cmd_features, "encode each spot's patch into Zarr")
     _add_stage(subparsers, "graph", cmd_graph, "sparse kNN spot graph")
     _add_stage(subparsers, "decode", cmd_decode, "predict expression → expression.h5ad")
+
+    cohort = subparsers.add_parser(
+        "cohort", help="results/cohort/: summary.tsv of every slide, pseudobulk.tsv"
+    )
+    cohort.add_argument("--config", type=Path, required=True, help="pipeline config YAML")
+    cohort.add_argument("--workers", type=int, default=2, help="threads reading slides")
+    cohort.set_defaults(handler=cmd_cohort)
+
+    bulk = subparsers.add_parser(
+        "evaluate-bulk", help="predicted pseudo-bulk against measured bulk RNA-seq"
+    )
+    bulk.add_argument("--pseudobulk", type=Path, required=True, help="slides × genes TSV")
+    bulk.add_argument("--bulk", type=Path, required=True, help="samples × genes TSV")
+    bulk.add_argument("--map", type=Path, help="TSV of slide_id, sample_id (default: same ids)")
+    bulk.add_argument(
+        "--bulk-is-log", action="store_true", help="bulk values are logged already (no log1p)"
+    )
+    bulk.add_argument("--out", type=Path, required=True, help="folder for the tables and plot")
+    bulk.set_defaults(handler=cmd_evaluate_bulk)
 
     train = subparsers.add_parser("train", help="train a checkpoint on paired sections")
     train.add_argument("--sections", type=Path, required=True, help="sections sheet (TSV)")
@@ -168,8 +213,13 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     logging.captureWarnings(True)
+    started = time.perf_counter()
     try:
         args.handler(args)
+        if getattr(args, "stage", None):
+            from hespotex.qc import record_stage
+
+            record_stage(_config(args), args.slide_id, args.stage, time.perf_counter() - started)
     except HespotexError as error:
         slide = f" [slide {args.slide_id}]" if getattr(args, "slide_id", None) else ""
         logger.error("%s failed%s: %s", args.command, slide, error)

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hespotex.errors import ConfigError
+from hespotex.paths import COHORT_FOLDER
 from hespotex.units import MPP_MAX, Microns, Mpp
 
 SLIDE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
@@ -182,8 +183,25 @@ class TrainingConfig(_Section):
 
 
 class OutputsConfig(_Section):
-    heatmap_genes: list[str] = Field(
-        default_factory=list, description="genes drawn as heatmaps over the slide thumbnail"
+    genes: list[str] = Field(
+        default_factory=list,
+        description="genes drawn as heatmaps and top-patch montages, and written as QuPath "
+        "measurements",
+    )
+    top_patches: int = Field(
+        8,
+        ge=0,
+        le=64,
+        description="patches of highest and of lowest predicted expression shown per gene "
+        "(results/{slide}/top_patches/); 0 leaves the montages out",
+    )
+    spatialdata: bool = Field(
+        False, description="also write results/{slide}/spatialdata.zarr (napari, spatialdata)"
+    )
+    spatialdata_python: Path | None = Field(
+        None,
+        description="a Python with spatialdata installed, which cannot share hespotex's "
+        "environment (`make viewers` builds .venv-viewers/bin/python)",
     )
 
 
@@ -310,6 +328,11 @@ def read_sample_sheet(path: Path) -> dict[str, SampleRow]:
             raise ConfigError(f"{path}, line {line_number}: {problems}") from None
         if row.slide_id in rows:
             raise ConfigError(f"{path}, line {line_number}: duplicate slide_id '{row.slide_id}'")
+        if row.slide_id == COHORT_FOLDER:
+            raise ConfigError(
+                f"{path}, line {line_number}: slide_id '{COHORT_FOLDER}' is taken by the "
+                f"cohort tables (results/{COHORT_FOLDER}/); rename the slide"
+            )
         rows[row.slide_id] = row
     if not rows:
         raise ConfigError(f"{path}: the sample sheet lists no slides")

@@ -4,7 +4,8 @@ The AnnData is what scanpy and squidpy users expect from Visium: spots × genes,
 ``obsm['spatial']`` in level-0 pixels, and ``uns['spatial'][slide_id]`` with the thumbnail
 (as ``hires``) and its scale factor, so ``scanpy.pl.spatial`` draws it unchanged. Spot
 diameter is the grid spacing, so spots drawn at that size tile the tissue. Beside it,
-``qupath.geojson`` carries the spots and the tissue outline for QuPath.
+``qupath.geojson`` carries the spots and the tissue outline for QuPath, ``heatmaps/`` and
+``top_patches/`` show the configured genes.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from hespotex.checkpoint import check_encoder_matches, load_checkpoint
 from hespotex.config import PipelineConfig
 from hespotex.encoders import pick_device
 from hespotex.errors import ConfigError, InputDataError
+from hespotex.montage import write_top_patch_montages
 from hespotex.paths import SlidePaths
 from hespotex.plots import write_heatmap
 from hespotex.qupath import write_qupath_geojson
+from hespotex.slide import Slide
 from hespotex.store import read_feature_store, read_graph_store
 from hespotex.tiling import read_spots
 from hespotex.tissue import TissueRecord, read_mask
@@ -64,7 +67,7 @@ def build_anndata(
     return adata
 
 
-def run_decode(slide_id: str, config: PipelineConfig) -> ad.AnnData:
+def run_decode(slide: Slide, slide_id: str, config: PipelineConfig) -> ad.AnnData:
     if config.decode.checkpoint is None:
         raise ConfigError("decode.checkpoint is not set: train one with `hespotex train`")
     paths = SlidePaths(config.results, slide_id)
@@ -90,10 +93,10 @@ def run_decode(slide_id: str, config: PipelineConfig) -> ad.AnnData:
             graph_attributes.get("k"),
             meta.graph_k,
         )
-    missing = [gene for gene in config.outputs.heatmap_genes if gene not in meta.genes]
+    missing = [gene for gene in config.outputs.genes if gene not in meta.genes]
     if missing:
         raise ConfigError(
-            f"outputs.heatmap_genes: {', '.join(missing)} not predicted by checkpoint "
+            f"outputs.genes: {', '.join(missing)} not predicted by checkpoint "
             f"{config.decode.checkpoint}"
         )
     device = pick_device(config.decode.device)
@@ -113,6 +116,7 @@ def run_decode(slide_id: str, config: PipelineConfig) -> ad.AnnData:
         "values": f"predicted {meta.normalisation} expression (target sum {meta.target_sum:g})",
         "mpp": record.mpp,
         "mpp_source": record.mpp_source,
+        "grid_layout": config.grid.layout,
         "spot_spacing_um": config.grid.spacing_um,
         "patch_um": config.features.patch_um,
         "trained_on": meta.trained_on,
@@ -126,15 +130,27 @@ def run_decode(slide_id: str, config: PipelineConfig) -> ad.AnnData:
         spot_diameter_px=config.grid.spacing_um / record.mpp,
         provenance=provenance,
     )
+    predictions = {gene: adata[:, gene].X.ravel() for gene in config.outputs.genes}
     with atomic_path(paths.heatmaps) as tmp:
         tmp.mkdir()
-        for gene in config.outputs.heatmap_genes:
-            write_heatmap(tmp / paths.heatmap(gene).name, adata, slide_id, gene)
+        for gene in config.outputs.genes:
+            write_heatmap(tmp / paths.heatmap(gene).name, adata, slide_id, gene, config.grid.layout)
+    with atomic_path(paths.top_patches) as tmp:
+        tmp.mkdir()
+        if config.outputs.top_patches:
+            write_top_patch_montages(
+                slide,
+                adata.obsm["spatial"],
+                predictions,
+                config.outputs.top_patches,
+                config.features,
+                tmp,
+            )
     write_qupath_geojson(
         paths.qupath,
         list(adata.obs_names),
         adata.obsm["spatial"],
-        {gene: adata[:, gene].X.ravel() for gene in config.outputs.heatmap_genes},
+        predictions,
         config.grid.layout,
         config.grid.spacing_um / record.mpp,
         read_mask(paths.tissue_mask),

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+# The cohort tables' folder beside the slides' folders; no slide may take its name.
+COHORT_FOLDER = "cohort"
 STAGES = ("tissue", "tiles", "features", "graph", "decode")
 
 
@@ -63,6 +65,41 @@ class SlidePaths:
 
     def heatmap(self, gene: str) -> Path:
         return self.heatmaps / f"{gene}.png"
+
+    @property
+    def top_patches(self) -> Path:
+        return self.root / "top_patches"
+
+    def top_patch_montage(self, gene: str) -> Path:
+        return self.top_patches / f"{gene}.png"
+
+    def stage_timing(self, stage: str) -> Path:
+        return self.root / "qc" / "timings" / f"{stage}.json"
+
+    @property
+    def qc(self) -> Path:
+        return self.root / "qc.json"
+
+    @property
+    def spatialdata(self) -> Path:
+        return self.root / "spatialdata.zarr"
+
+
+@dataclass(frozen=True)
+class CohortPaths:
+    results: Path
+
+    @property
+    def root(self) -> Path:
+        return Path(self.results) / COHORT_FOLDER
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.tsv"
+
+    @property
+    def pseudobulk(self) -> Path:
+        return self.root / "pseudobulk.tsv"
 
 
 def log_path(logs: Path, stage: str, slide_id: str) -> Path:

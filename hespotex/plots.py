@@ -10,23 +10,23 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.collections import PatchCollection
-from matplotlib.patches import RegularPolygon
+from matplotlib.collections import PolyCollection
+
+from hespotex.atomic import atomic_path
+from hespotex.tiling import spot_outline
 
 
-def write_heatmap(path: Path, adata: ad.AnnData, library_id: str, gene: str) -> None:
-    """The H&E thumbnail beside hexagons of the grid spacing (they tile the tissue) coloured
-    by ``gene`` over a faded copy of it."""
+def write_heatmap(path: Path, adata: ad.AnnData, library_id: str, gene: str, layout: str) -> None:
+    """The H&E thumbnail beside the spots coloured by ``gene`` over a faded copy of it, each
+    spot drawn as the cell it owns in the grid (hexagon or square), so they tile the tissue."""
     spatial = adata.uns["spatial"][library_id]
     image = spatial["images"]["hires"]
     scale = spatial["scalefactors"]["tissue_hires_scalef"]
     spacing = spatial["scalefactors"]["spot_diameter_fullres"] * scale
     centres = np.asarray(adata.obsm["spatial"]) * scale
     values = np.asarray(adata[:, gene].X).ravel()
-    hexagons = [
-        RegularPolygon((x, y), numVertices=6, radius=spacing / np.sqrt(3)) for x, y in centres
-    ]
-    collection = PatchCollection(hexagons, cmap="magma", alpha=0.85, linewidths=0)
+    cells = centres[:, None, :] + spot_outline(layout, spacing)[None, :, :]
+    collection = PolyCollection(cells, cmap="magma", alpha=0.85, linewidths=0)
     collection.set_array(values)
     height, width = image.shape[:2]
     figure, (tissue_axes, axes) = plt.subplots(
@@ -43,5 +43,6 @@ def write_heatmap(path: Path, adata: ad.AnnData, library_id: str, gene: str) -> 
         panel.set_axis_off()
     figure.colorbar(collection, ax=axes, fraction=0.04, pad=0.02, label="log1p CPM")
     figure.tight_layout()
-    figure.savefig(path, format="png")
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")
     plt.close(figure)

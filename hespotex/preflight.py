@@ -2,12 +2,13 @@
 
 Called by the Snakefile at parse time and by `hespotex check`: the sample sheet, the encoder
 weights file, and the checkpoint (readable, trained on this encoder, patch geometry and graph
-k as configured, heatmap genes among its genes).
+k as configured, output genes among its genes), and the SpatialData interpreter when asked for.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 from hespotex.checkpoint import check_encoder_matches, read_checkpoint_meta
@@ -53,12 +54,31 @@ def check_run(config: PipelineConfig) -> dict[str, SampleRow]:
             raise ConfigError(
                 f"{key} is {configured} but checkpoint {checkpoint} was trained with {trained}"
             )
-    unknown = [gene for gene in config.outputs.heatmap_genes if gene not in meta.genes]
+    unknown = [gene for gene in config.outputs.genes if gene not in meta.genes]
     if unknown:
         raise ConfigError(
-            f"outputs.heatmap_genes: {', '.join(unknown)} not predicted by checkpoint {checkpoint}"
+            f"outputs.genes: {', '.join(unknown)} not predicted by checkpoint {checkpoint}"
         )
+    if config.outputs.spatialdata:
+        check_spatialdata_python(config.outputs.spatialdata_python)
     return samples
+
+
+def check_spatialdata_python(python: Path | None) -> None:
+    """The interpreter exists and has spatialdata (found without importing it: this runs at
+    every Snakefile parse)."""
+    hint = "`make viewers` builds one: outputs.spatialdata_python: .venv-viewers/bin/python"
+    if python is None:
+        raise ConfigError(
+            f"outputs.spatialdata is on but outputs.spatialdata_python is not set; {hint}"
+        )
+    probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('spatialdata') is None)"
+    try:
+        found = subprocess.run([str(python), "-c", probe], capture_output=True, timeout=60)
+    except OSError as error:
+        raise ConfigError(f"outputs.spatialdata_python: {python} cannot run: {error}") from None
+    if found.returncode != 0:
+        raise ConfigError(f"outputs.spatialdata_python: {python} has no spatialdata; {hint}")
 
 
 def write_run_config(config: PipelineConfig, path: Path) -> Path:

@@ -10,28 +10,16 @@ outlines of the tissue mask as one ``"annotation"`` classified ``Tissue``.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 from skimage.measure import approximate_polygon, find_contours
 
 from hespotex.atomic import atomic_path
+from hespotex.tiling import spot_outline
 
 # Mask outlines are simplified to within this many mask pixels, to keep the file small.
 OUTLINE_TOLERANCE_PX = 0.75
-
-
-def spot_outline(layout: str, spacing_px: float) -> np.ndarray:
-    """Corners, relative to the spot centre, of the cell a spot owns in its lattice."""
-    if layout == "hex":
-        # Pointy-top hexagons with circumradius spacing / √3 tile a lattice whose rows are
-        # spacing apart along x and spacing·√3/2 apart along y.
-        radius = spacing_px / math.sqrt(3)
-        angles = np.deg2rad(np.arange(6) * 60 + 90)
-        return np.stack([radius * np.cos(angles), radius * np.sin(angles)], axis=1)
-    half = spacing_px / 2
-    return np.array([[-half, -half], [half, -half], [half, half], [-half, half]])
 
 
 def _ring(points: np.ndarray) -> list[list[float]]:

@@ -9,6 +9,7 @@ not depend on the patch size.
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import pandas as pd
@@ -40,6 +41,18 @@ def lattice_um(width_um: float, height_um: float, grid: GridConfig) -> np.ndarra
     centres = np.stack([xs.ravel(), ys.ravel()], axis=1)
     inside = (centres[:, 0] < width_um) & (centres[:, 1] < height_um)
     return centres[inside]
+
+
+def spot_outline(layout: str, spacing_px: float) -> np.ndarray:
+    """Corners, relative to the spot centre, of the cell a spot owns in its lattice."""
+    if layout == "hex":
+        # Pointy-top hexagons with circumradius spacing / √3 tile a lattice whose rows are
+        # spacing apart along x and spacing·√3/2 apart along y.
+        radius = spacing_px / math.sqrt(3)
+        angles = np.deg2rad(np.arange(6) * 60 + 90)
+        return np.stack([radius * np.cos(angles), radius * np.sin(angles)], axis=1)
+    half = spacing_px / 2
+    return np.array([[-half, -half], [half, -half], [half, half], [-half, half]])
 
 
 def footprint_tissue_fraction(

@@ -24,6 +24,7 @@ NDPI = SLIDES / "test3-DAPI-2-387.ndpi"
 OPENSLIDE_REJECTS = SLIDES / "TCGA-XK-AAJU-small.dcm"
 
 TEST_ENCODER = {"architecture": "vit-tiny-32", "weights": "random", "seed": 0}
+VIEWERS_PYTHON = REPO / ".venv-viewers" / "bin" / "python"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -92,6 +93,17 @@ def trained_checkpoint(tmp_path_factory) -> Path:
     checkpoint = folder / "model.safetensors"
     save_checkpoint(checkpoint, model, meta)
     return checkpoint
+
+
+@pytest.fixture(scope="session")
+def viewers_python() -> Path:
+    """The interpreter with squidpy and spatialdata (`make viewers`; `make test` builds it)."""
+    if not VIEWERS_PYTHON.exists():
+        reason = f"{VIEWERS_PYTHON} is missing (`make viewers` builds it)"
+        if os.environ.get("HESPOTEX_REQUIRE_VIEWERS") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return VIEWERS_PYTHON
 
 
 def write_sheet(path: Path, rows: list[tuple[str, Path | str, float | None]]) -> Path:

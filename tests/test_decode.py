@@ -27,16 +27,74 @@ def decoded(tmp_path_factory, trained_checkpoint):
             "encoder": TEST_ENCODER,
             "results": str(results),
             "decode": {"checkpoint": str(trained_checkpoint), "spot_chunk": 13},
-            "outputs": {"heatmap_genes": ["PLANTED_HEMATOXYLIN"]},
+            "outputs": {"genes": ["PLANTED_HEMATOXYLIN"]},
         }
     )
     with open_slide(SVS, "svs") as slide:
         run_tissue(slide, "svs", config)
         run_tiles("svs", config)
         run_features(slide, "svs", config)
-    run_graph("svs", config)
-    run_decode("svs", config)
+        run_graph("svs", config)
+        run_decode(slide, "svs", config)
     return config, SlidePaths(results, "svs")
+
+
+def test_top_patch_montage_shows_the_highest_and_lowest_spots(decoded):
+    from PIL import Image
+
+    from hespotex.montage import extreme_spots
+
+    _, paths = decoded
+    montage = paths.top_patch_montage("PLANTED_HEMATOXYLIN")
+    with Image.open(montage) as image:
+        width, height = image.size
+    # Two rows of eight patches, about 1.6 inches (160 px) each.
+    assert width >= 8 * 140 and height >= 2 * 140
+    highest, lowest = extreme_spots(np.array([3.0, 1.0, 5.0, 2.0, 4.0]), 2)
+    assert highest.tolist() == [2, 4] and lowest.tolist() == [1, 3]
+    highest, lowest = extreme_spots(np.array([1.0, 2.0]), 8)
+    assert highest.tolist() == [1, 0] and lowest.tolist() == [0, 1]
+
+
+def test_qc_json_records_spots_area_resolution_identities_and_stage_timings(
+    decoded, trained_checkpoint
+):
+    from hespotex.checksum import file_sha256
+    from hespotex.paths import STAGES
+    from hespotex.qc import record_stage
+
+    config, paths = decoded
+    for stage in STAGES:
+        record_stage(config, "svs", stage, 1.5)
+    qc = json.loads(paths.qc.read_text())
+    assert qc["spots"] == len(paths.spots.read_text().splitlines()) - 1
+    assert qc["tissue_area_mm2"] > 0.3
+    assert qc["mpp"] == pytest.approx(0.499) and "openslide" in qc["mpp_source"]
+    assert qc["encoder"]["architecture"] == "vit-tiny-32"
+    assert qc["encoder"]["random_weights"] is True
+    assert qc["checkpoint"]["sha256"] == file_sha256(trained_checkpoint)
+    assert qc["checkpoint"]["trained_on"] == ["b4-left"]
+    assert set(qc["timings"]) == set(STAGES)
+    assert all(entry["seconds"] == 1.5 for entry in qc["timings"].values())
+    assert all(entry["peak_rss_mb"] > 50 for entry in qc["timings"].values())
+    assert qc["total_seconds"] == pytest.approx(1.5 * len(STAGES))
+
+
+def test_heatmap_draws_square_cells_on_a_square_grid(decoded, tmp_path):
+    from PIL import Image
+
+    from hespotex.plots import write_heatmap
+
+    _, paths = decoded
+    adata = ad.read_h5ad(paths.expression)
+    for layout in ("hex", "square"):
+        write_heatmap(tmp_path / f"{layout}.png", adata, "svs", "PLANTED_HEMATOXYLIN", layout)
+    pixels = {
+        layout: np.asarray(Image.open(tmp_path / f"{layout}.png").convert("RGB"))
+        for layout in ("hex", "square")
+    }
+    assert pixels["hex"].shape == pixels["square"].shape
+    assert not np.array_equal(pixels["hex"], pixels["square"])
 
 
 def test_checkpoint_carries_genes_encoder_and_normalisation(trained_checkpoint):
@@ -157,8 +215,8 @@ def test_features_from_another_encoder_are_refused(decoded, trained_checkpoint):
     metadata["attributes"]["encoder_weights_sha256"] = "0" * 64
     attributes_file.write_text(json.dumps(metadata))
     try:
-        with pytest.raises(CheckpointError) as error:
-            run_decode("svs", config)
+        with pytest.raises(CheckpointError) as error, open_slide(SVS, "svs") as slide:
+            run_decode(slide, "svs", config)
         assert str(trained_checkpoint) in str(error.value)
         assert "use the encoder the checkpoint was trained with" in str(error.value)
     finally:
@@ -177,9 +235,7 @@ def test_preflight_refuses_a_mismatched_encoder_unknown_gene_and_corrupt_checkpo
         check_run(parse_config({**base, "encoder": other}))
     with pytest.raises(ConfigError, match="NOT_A_GENE"):
         check_run(
-            parse_config(
-                {**base, "encoder": TEST_ENCODER, "outputs": {"heatmap_genes": ["NOT_A_GENE"]}}
-            )
+            parse_config({**base, "encoder": TEST_ENCODER, "outputs": {"genes": ["NOT_A_GENE"]}})
         )
     with pytest.raises(ConfigError, match="graph.k"):
         check_run(parse_config({**base, "encoder": TEST_ENCODER, "graph": {"k": 6}}))
@@ -189,3 +245,25 @@ def test_preflight_refuses_a_mismatched_encoder_unknown_gene_and_corrupt_checkpo
         check_run(
             parse_config({**base, "encoder": TEST_ENCODER, "decode": {"checkpoint": str(corrupt)}})
         )
+
+
+def test_preflight_wants_a_python_with_spatialdata_when_the_export_is_on(
+    tmp_path, trained_checkpoint
+):
+    import sys
+
+    sheet = tmp_path / "s.tsv"
+    sheet.write_text(f"slide_id\tpath\nsvs\t{SVS}\n")
+    base = {
+        "samples": str(sheet),
+        "encoder": TEST_ENCODER,
+        "decode": {"checkpoint": str(trained_checkpoint)},
+    }
+    with pytest.raises(ConfigError, match="spatialdata_python is not set.*make viewers"):
+        check_run(parse_config({**base, "outputs": {"spatialdata": True}}))
+    without = {"spatialdata": True, "spatialdata_python": sys.executable}
+    with pytest.raises(ConfigError, match="has no spatialdata"):
+        check_run(parse_config({**base, "outputs": without}))
+    missing = {"spatialdata": True, "spatialdata_python": str(tmp_path / "no-python")}
+    with pytest.raises(ConfigError, match="no-python cannot run"):
+        check_run(parse_config({**base, "outputs": missing}))

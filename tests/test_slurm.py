@@ -101,13 +101,15 @@ def local_and_slurm_runs(tmp_path_factory, small_pyramids, trained_checkpoint, s
 
 
 def test_every_rule_went_through_sbatch_in_grouped_jobs(local_and_slurm_runs):
-    _, _, _, log = local_and_slurm_runs["slurm"]
+    folder, _, _, log = local_and_slurm_runs["slurm"]
     job_ids = submitted_job_ids(log)
     # Two slides: one "prepare" (tissue + tiles), one "encode" (features) and one "predict"
-    # (graph + decode) job, instead of ten.
-    assert len(job_ids) == 3, log[-3000:]
+    # (graph + decode) job, instead of ten; then the cohort tables' job.
+    assert len(job_ids) == 4, log[-3000:]
     for group in ("prepare", "encode", "predict"):
         assert f"group_{group}" in log
+    summary = (folder / "results" / "cohort" / "summary.tsv").read_text().splitlines()
+    assert [line.split("\t")[:2] for line in summary[1:]] == [["svs", "done"], ["tagged", "done"]]
     assert all(job_state(job_id) == "COMPLETED" for job_id in job_ids)
 
 

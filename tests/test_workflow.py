@@ -11,7 +11,9 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
+import yaml
 from conftest import (
     DICOM_FOLDER,
     OME_TIFF,
@@ -23,7 +25,7 @@ from conftest import (
     write_sheet,
 )
 
-from hespotex.paths import STAGES, SlidePaths
+from hespotex.paths import STAGES, CohortPaths, SlidePaths
 
 pytestmark = pytest.mark.e2e
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
@@ -62,6 +64,9 @@ def outputs_of(results: Path, slide_id: str) -> list[Path]:
         paths.expression,
         paths.qupath,
         paths.heatmaps,
+        paths.top_patches,
+        paths.qc,
+        *(paths.stage_timing(stage) for stage in STAGES),
     ]
 
 
@@ -82,7 +87,7 @@ def cohort_run(tmp_path_factory, small_pyramids, trained_checkpoint):
         folder,
         sheet,
         trained_checkpoint,
-        outputs={"heatmap_genes": ["PLANTED_HEMATOXYLIN"]},
+        outputs={"genes": ["PLANTED_HEMATOXYLIN"]},
     )
     result = run_snakemake(folder, config, "--cores", "2")
     return folder, config, result
@@ -108,6 +113,39 @@ def test_snakemake_runs_the_cohort_to_expression_maps(cohort_run):
     assert "RANDOM weights" in features_log
 
 
+def test_cohort_tables_cover_every_slide(cohort_run):
+    folder, _, result = cohort_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    cohort = CohortPaths(folder / "results")
+    summary = pd.read_csv(cohort.summary, sep="\t", index_col="slide_id")
+    assert list(summary.index) == ["svs", "dicom", "ome", "tagged", "untagged"]
+    assert (summary["status"] == "done").all()
+    assert (summary[[f"{stage}_s" for stage in STAGES]] > 0).all().all()
+    assert summary.loc["untagged", "mpp_source"] == "sample sheet"
+    pseudobulk = pd.read_csv(cohort.pseudobulk, sep="\t", index_col="slide_id")
+    assert list(pseudobulk.index) == list(summary.index)
+    for slide_id in summary.index:
+        adata = ad.read_h5ad(SlidePaths(folder / "results", slide_id).expression)
+        assert summary.loc[slide_id, "spots"] == adata.n_obs
+        assert np.allclose(
+            pseudobulk.loc[slide_id, adata.var_names], adata.X.mean(axis=0), rtol=1e-5
+        )
+
+
+def test_snakemake_report_gathers_qc_heatmaps_top_patches_and_the_summary(cohort_run):
+    folder, config, _ = cohort_run
+    report = folder / "report.html"
+    result = run_snakemake(folder, config, "--report", str(report))
+    assert result.returncode == 0, result.stderr[-3000:]
+    html = report.read_text()
+    for category in ("Tissue QC", "Heatmaps", "Top patches", "Cohort"):
+        assert category in html
+    assert html.count("PLANTED_HEMATOXYLIN.png") >= 10  # a heatmap and a montage per slide
+    for slide_id in ("svs", "dicom", "ome", "tagged", "untagged"):
+        assert slide_id in html
+    assert "summary.tsv" in html
+
+
 def test_the_same_pixels_in_svs_and_dicom_give_the_same_map(cohort_run):
     folder, _, _ = cohort_run
     svs = ad.read_h5ad(SlidePaths(folder / "results", "svs").expression)
@@ -115,6 +153,57 @@ def test_the_same_pixels_in_svs_and_dicom_give_the_same_map(cohort_run):
     assert svs.shape == dicom.shape
     assert np.allclose(svs.obsm["spatial"], dicom.obsm["spatial"])
     assert np.corrcoef(svs.X.ravel(), dicom.X.ravel())[0, 1] > 0.99
+
+
+VIEWERS_CHECK = """
+import sys
+import anndata as ad
+import numpy as np
+import spatialdata
+import squidpy as sq
+from spatialdata.transformations import get_transformation
+
+results, slides = sys.argv[1], sys.argv[2:]
+for slide in slides:
+    adata = ad.read_h5ad(f"{results}/{slide}/expression.h5ad")
+    sq.gr.spatial_neighbors(adata)
+    degree = np.asarray(adata.obsp["spatial_connectivities"].sum(axis=1)).ravel()
+    assert degree.max() == 6, (slide, degree.max())  # the hexagonal grid, read as Visium's
+    data = spatialdata.read_zarr(f"{results}/{slide}/spatialdata.zarr")
+    table = data.tables["expression"]
+    spots = data.shapes[f"{slide}_spots"]
+    assert table.shape == adata.shape and len(spots) == adata.n_obs
+    assert np.allclose(table.X, adata.X)
+    assert np.allclose(np.c_[spots.geometry.x, spots.geometry.y], adata.obsm["spatial"])
+    image = data.images[slide]["scale0"]["image"]
+    scale = get_transformation(data.images[slide], "global").scale
+    height, width = np.array(image.shape[1:]) * scale[1:]
+    assert (spots.geometry.x < width).all() and (spots.geometry.y < height).all()
+    print(slide, "ok", table.shape, len(data.images[slide]))
+"""
+
+
+def test_spatialdata_zarr_and_h5ad_open_in_spatialdata_and_squidpy(cohort_run, viewers_python):
+    folder, config, _ = cohort_run
+    settings = yaml.safe_load(config.read_text())
+    settings["outputs"] = {
+        **settings.get("outputs", {}),
+        "spatialdata": True,
+        "spatialdata_python": str(viewers_python),
+    }
+    with_spatialdata = folder / "config-spatialdata.yaml"
+    with_spatialdata.write_text(yaml.safe_dump(settings))
+    result = run_snakemake(folder, with_spatialdata, "--cores", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    slides = ["svs", "tagged", "untagged"]  # not ome: 6 spots, fewer than squidpy grid needs
+    check = subprocess.run(
+        [str(viewers_python), "-c", VIEWERS_CHECK, str(folder / "results"), *slides],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert check.returncode == 0, check.stderr[-3000:]
+    assert check.stdout.count(" ok ") == len(slides)
 
 
 def test_a_finished_run_has_nothing_left_to_do(cohort_run):
@@ -182,6 +271,14 @@ def test_keep_going_finishes_good_slides_and_logs_why_bad_ones_failed(
         assert any(cause in line for line in error_lines), error_lines
         assert any(f"[slide {slide_id}]" in line for line in error_lines)
     assert not list((tmp_path / "results").rglob("*.tmp"))
+    cohort = CohortPaths(tmp_path / "results")
+    summary = pd.read_csv(cohort.summary, sep="\t", index_col="slide_id", keep_default_na=False)
+    assert summary.loc["good", "status"] == "done"
+    for slide_id, cause in causes.items():
+        assert summary.loc[slide_id, "status"] == "failed"
+        assert summary.loc[slide_id, "failed_stage"] in STAGES
+        assert cause in summary.loc[slide_id, "reason"]
+    assert list(pd.read_csv(cohort.pseudobulk, sep="\t", index_col=0).index) == ["good"]
 
 
 def test_sigkill_during_features_then_rerun_incomplete_finishes_without_redoing(

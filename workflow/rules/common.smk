@@ -1,11 +1,15 @@
 # Config and sample sheet are validated here, before any job starts; every path comes from
 # hespotex.paths so the rules and the `hespotex` commands agree on file names.
+import subprocess
+import sys
+
 import pandas as pd
 from snakemake.utils import validate
 
+from hespotex import spatialdata_export
 from hespotex.config import SLIDE_ID_PATTERN, parse_config
 from hespotex.errors import HespotexError
-from hespotex.paths import SlidePaths
+from hespotex.paths import STAGES, CohortPaths, SlidePaths
 from hespotex.preflight import check_run, write_run_config
 
 
@@ -24,19 +28,25 @@ SLIDES = list(SAMPLES)
 
 
 class SnakemakePatterns:
-    """SlidePaths with the `{slide}` wildcard, as the strings Snakemake's directives take."""
+    """A path layer's paths (SlidePaths with the `{slide}` wildcard) as the strings
+    Snakemake's directives take."""
 
-    def __init__(self, results):
-        self._paths = SlidePaths(results, "{slide}")
+    def __init__(self, paths):
+        self._paths = paths
 
     def __getattr__(self, name):
-        return str(getattr(self._paths, name))
+        path = getattr(self._paths, name)
+        if callable(path):
+            return lambda *args: str(path(*args))
+        return str(path)
 
 
-PATHS = SnakemakePatterns(SETTINGS.results)
+PATHS = SnakemakePatterns(SlidePaths(SETTINGS.results, "{slide}"))
+COHORT = SnakemakePatterns(CohortPaths(SETTINGS.results))
 LOGS = str(SETTINGS.logs)
 RUN_CONFIG = str(write_run_config(SETTINGS, SETTINGS.results / ".hespotex" / "config.json"))
 ENV = "../../envs/hespotex.yaml"
+SPATIALDATA_EXPORTER = spatialdata_export.__file__
 
 
 def cluster_resources(job, gpus=0):

@@ -1,5 +1,6 @@
 rule decode:
     input:
+        slide_file,
         features=PATHS.features,
         graph=PATHS.graph,
         spots=PATHS.spots,
@@ -7,10 +8,28 @@ rule decode:
         thumbnail=PATHS.thumbnail,
         mask=PATHS.tissue_mask,
         checkpoint=str(SETTINGS.decode.checkpoint),
+        timings=[PATHS.stage_timing(stage) for stage in STAGES[:-1]],
     output:
         expression=PATHS.expression,
         qupath=PATHS.qupath,
-        heatmaps=directory(PATHS.heatmaps),
+        heatmaps=report(
+            directory(PATHS.heatmaps),
+            patterns=["{gene}.png"],
+            caption="../report/heatmaps.rst",
+            category="Heatmaps",
+            subcategory="{slide}",
+            labels={"slide": "{slide}", "gene": "{gene}"},
+        ),
+        top_patches=report(
+            directory(PATHS.top_patches),
+            patterns=["{gene}.png"],
+            caption="../report/top_patches.rst",
+            category="Top patches",
+            subcategory="{slide}",
+            labels={"slide": "{slide}", "gene": "{gene}"},
+        ),
+        qc=PATHS.qc,
+        timing=PATHS.stage_timing("decode"),
     params:
         config=RUN_CONFIG,
     log:

@@ -4,6 +4,7 @@ rule features:
         spots=PATHS.spots,
     output:
         features=directory(PATHS.features),
+        timing=PATHS.stage_timing("features"),
     params:
         config=RUN_CONFIG,
     log:

@@ -3,6 +3,7 @@ rule graph:
         features=PATHS.features,
     output:
         graph=directory(PATHS.graph),
+        timing=PATHS.stage_timing("graph"),
     params:
         config=RUN_CONFIG,
     log:

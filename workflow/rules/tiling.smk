@@ -4,6 +4,7 @@ rule tiles:
         record=PATHS.tissue_record,
     output:
         spots=PATHS.spots,
+        timing=PATHS.stage_timing("tiles"),
     params:
         config=RUN_CONFIG,
     log:

@@ -4,8 +4,14 @@ rule tissue:
     output:
         mask=PATHS.tissue_mask,
         thumbnail=PATHS.thumbnail,
-        qc=PATHS.tissue_qc,
+        qc=report(
+            PATHS.tissue_qc,
+            caption="../report/tissue_qc.rst",
+            category="Tissue QC",
+            labels={"slide": "{slide}"},
+        ),
         record=PATHS.tissue_record,
+        timing=PATHS.stage_timing("tissue"),
     params:
         config=RUN_CONFIG,
     log:
