@@ -23,7 +23,7 @@ from hespotex.config import PipelineConfig
 from hespotex.encoders import load_encoder, pick_device
 from hespotex.errors import InputDataError
 from hespotex.evaluation import TOP_GENES, evaluate_encoded, score_genes, summarise
-from hespotex.genes import select_genes
+from hespotex.genes import select_genes, seurat_v3_ranks, shared_genes
 from hespotex.probe import fit_ridge_probe
 from hespotex.runners import TorchRunner
 from hespotex.sections import SectionSource
@@ -121,12 +121,15 @@ def run_crossval(
     record = encoder_record(runner, config)
     encoded = {item.section_id: item for item in encode_sections(sections_list, config, runner)}
     out_dir.mkdir(parents=True, exist_ok=True)
+    everywhere = shared_genes(sections_list)
+    ranks = {section.section_id: seurat_v3_ranks(section, everywhere) for section in sections_list}
     rows, gene_tables, genes_by_fold = [], [], {}
     for test, validation, training in fold_plan(list(encoded)):
         genes = select_genes(
             [encoded[section_id].section for section_id in training],
             config.training,
             [encoded[section_id].section.genes for section_id in (validation, test)],
+            ranks,
         )
         for seed in seeds:
             seeded = config.model_copy(

@@ -11,7 +11,7 @@ count as "top highly variable" in evaluation, without looking at a test section.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -83,15 +83,27 @@ def read_gene_list(path: Path, available: list[str]) -> list[str]:
 
 
 def select_genes(
-    sections: Sequence[Section], config: TrainingConfig, also_in: Sequence[pd.Index] = ()
+    sections: Sequence[Section],
+    config: TrainingConfig,
+    also_in: Sequence[pd.Index] = (),
+    ranks_by_section: Mapping[str, pd.Series] | None = None,
 ) -> list[str]:
     """The genes to predict, most variable first (see the module docstring), among those
     every training section has and every index in ``also_in`` (the gene names of the
-    validation and test sections: names only, no values, are looked at)."""
+    validation and test sections: names only, no values, are looked at).
+    ``ranks_by_section`` may hold ``seurat_v3_ranks`` already computed on more genes."""
     shared = shared_genes(sections)
     for genes in also_in:
         shared = [gene for gene in shared if gene in set(genes)]
-    ranks = pd.concat([seurat_v3_ranks(section, shared) for section in sections], axis=1)
+    ranks = pd.concat(
+        [
+            ranks_by_section[section.section_id].reindex(shared)
+            if ranks_by_section is not None
+            else seurat_v3_ranks(section, shared)
+            for section in sections
+        ],
+        axis=1,
+    )
     best_rank = ranks.min(axis=1)
     if config.genes_file is not None:
         chosen = read_gene_list(config.genes_file, shared)
