@@ -71,12 +71,14 @@ class ImageStreamShape:
     latent_dim: int
     n_genes: int
     dropout: float = 0.0
+    feature_dropout: float = 0.0
 
 
 class ImageStream(nn.Module):
     def __init__(self, shape: ImageStreamShape):
         super().__init__()
         self.shape = shape
+        self.feature_dropout = nn.Dropout(shape.feature_dropout)
         self.latent_head = _head(shape.feature_dim, shape.latent_dim, shape.dropout)
         self.gene_head = _head(shape.latent_dim, shape.n_genes, shape.dropout)
         self.graph_layers = nn.ModuleList(
@@ -103,7 +105,8 @@ class ImageStream(nn.Module):
             self.gene_head[-1].bias.copy_(expression.mean(dim=0))
 
     def latent(self, features: torch.Tensor) -> torch.Tensor:
-        return self.latent_head((features - self.feature_mean) / self.feature_std)
+        standardised = (features - self.feature_mean) / self.feature_std
+        return self.latent_head(self.feature_dropout(standardised))
 
     def graph_steps(self, latent: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
         """(N, 4, L): each graph layer applied to the latent embeddings."""

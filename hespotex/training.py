@@ -308,6 +308,7 @@ def train_image_stream(
         latent_dim=config.latent_dim,
         n_genes=n_genes,
         dropout=config.dropout,
+        feature_dropout=config.feature_dropout,
     )
     model = ImageStream(shape).to(device)
     model.standardise_with(torch.cat([section.features for section in training]))
