@@ -22,6 +22,7 @@ import copy
 import hashlib
 import json
 import logging
+import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,7 +193,11 @@ class ResumeFile:
     def load(self) -> dict | None:
         if self.path is None or not self.path.is_file():
             return None
-        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:
+            logger.warning("%s is unreadable (%s); starting afresh", self.path, error)
+            return None
         if state.get("fingerprint") != self.fingerprint:
             logger.warning(
                 "%s belongs to another training (config, sections or genes differ); "
@@ -416,12 +421,12 @@ def fit(
     saved = resume.load()
     if saved is None:
         train_expression_latents(tensors, len(genes), config.training)
-        resume.save(
-            {"stage": "latents", "latents": {t.section_id: t.latent.cpu() for t in tensors}}
-        )
+        latents = {section.section_id: section.latent.cpu() for section in tensors}
+        resume.save({"stage": "latents", "latents": latents, "rng": torch.get_rng_state()})
     else:
         for section in tensors:
             section.latent = saved["latents"][section.section_id].to(device)
+        torch.set_rng_state(saved["rng"])
     model, summary = train_image_stream(
         tensors, validation_tensors, len(genes), config.training, resume, saved
     )
