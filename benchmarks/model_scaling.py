@@ -7,7 +7,8 @@ chunk, as the decode stage does. Training: one step of the expression autoencode
 spots. Each measurement runs in a fresh process under `/usr/bin/time -v` (wall time and peak
 RSS include starting Python and importing torch, ≈ 0.3 GB).
 
-    .venv/bin/python benchmarks/model_scaling.py --work /tmp/hespotex-scaling
+    .venv/bin/python benchmarks/model_scaling.py --work /tmp/hespotex-scaling \
+        [--decode-spots 50000 200000] [--training-spots 10000 50000 200000]
 
 prints a Markdown table (also written to <work>/table.md).
 """
@@ -74,13 +75,16 @@ def measure_once(kind: str, n_spots: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/hespotex-scaling"))
+    parser.add_argument("--decode-spots", type=int, nargs="*", default=list(DECODE_SPOTS))
+    parser.add_argument("--training-spots", type=int, nargs="*", default=list(TRAINING_SPOTS))
     parser.add_argument("--one", nargs=2, metavar=("KIND", "SPOTS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         measure_once(args.one[0], int(args.one[1]))
         return
     args.work.mkdir(parents=True, exist_ok=True)
-    runs = [("decode", n) for n in DECODE_SPOTS] + [("training", n) for n in TRAINING_SPOTS]
+    runs = [("decode", n) for n in args.decode_spots]
+    runs += [("training", n) for n in args.training_spots]
     lines = [
         f"| what ({FEATURE_DIM}-d features) | genes | spots | work (s) | "
         "process wall (s) | peak RSS (MB) | extra MB per 1k extra spots |",
