@@ -39,6 +39,9 @@ class EncoderRecord(BaseModel):
 
 
 class CheckpointMeta(BaseModel):
+    """``genes`` are ordered most variable first (seurat_v3 on the training sections), so
+    the first N are the top-N highly variable genes of evaluation."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     format_version: int = FORMAT_VERSION
@@ -49,6 +52,7 @@ class CheckpointMeta(BaseModel):
     encoder: EncoderRecord
     normalisation: str = "cpm_log1p"
     target_sum: float = 1e6
+    nucleus_counter: str = "none"
     trained_on: list[str]
     hespotex_version: str = __version__
     training: dict[str, Any] = {}

@@ -97,7 +97,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     from hespotex.training import train
 
     config = _config(args)
-    model, meta = train(read_sections_sheet(args.sections), args.validation, config)
+    resume = args.out.with_name(args.out.name + ".resume.pt")
+    model, meta = train(read_sections_sheet(args.sections), args.validation, config, resume)
     save_checkpoint(args.out, model, meta)
     logger.info(
         "wrote checkpoint %s: %d genes, trained on %s",
@@ -105,6 +106,27 @@ def cmd_train(args: argparse.Namespace) -> None:
         len(meta.genes),
         ", ".join(meta.trained_on),
     )
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from hespotex.evaluation import run_evaluate
+    from hespotex.sections import read_sections_sheet
+
+    sources = read_sections_sheet(args.sections)
+    if args.section:
+        sources = [source for source in sources if source.section_id in set(args.section)]
+    run_evaluate(args.checkpoint, sources, _config(args), args.out, args.top_genes)
+    logger.info("wrote %s", args.out)
+
+
+def cmd_crossval(args: argparse.Namespace) -> None:
+    from hespotex.crossval import run_crossval
+    from hespotex.sections import read_sections_sheet
+
+    run_crossval(
+        read_sections_sheet(args.sections), _config(args), args.seeds, args.out, args.top_genes
+    )
+    logger.info("wrote %s", args.out)
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> None:
@@ -145,6 +167,16 @@ def _add_stage(subparsers, name: str, handler, help_text: str) -> None:
     parser.set_defaults(handler=handler, stage=name)
 
 
+def _add_scoring(subparsers, name: str, handler, help_text: str) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(name, help=help_text)
+    parser.add_argument("--sections", type=Path, required=True, help="sections sheet (TSV)")
+    parser.add_argument("--config", type=Path, required=True, help="pipeline config YAML")
+    parser.add_argument("--out", type=Path, required=True, help="folder for TSV, JSON, PNG")
+    parser.add_argument("--top-genes", type=int, default=50, help="top HVG to average over")
+    parser.set_defaults(handler=handler)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hespotex", description="Spot-level gene expression from H&E whole-slide images."
@@ -182,6 +214,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, required=True, help="checkpoint (.safetensors)")
     train.add_argument("--validation", help="section_id used to choose the epoch")
     train.set_defaults(handler=cmd_train)
+
+    evaluate = _add_scoring(
+        subparsers, "evaluate", cmd_evaluate, "score a checkpoint: Pearson, MSE, SSIM per gene"
+    )
+    evaluate.add_argument("--checkpoint", type=Path, required=True)
+    evaluate.add_argument("--section", nargs="*", help="only these section_ids of the sheet")
+
+    crossval = _add_scoring(
+        subparsers, "crossval", cmd_crossval, "leave-one-section-out, against a ridge probe"
+    )
+    crossval.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
 
     export = subparsers.add_parser(
         "export-onnx", help="write the configured encoder as ONNX (features.runtime: onnx)"

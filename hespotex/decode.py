@@ -27,6 +27,7 @@ from hespotex.errors import ConfigError, InputDataError
 from hespotex.montage import write_top_patch_montages
 from hespotex.paths import SlidePaths
 from hespotex.plots import write_heatmap
+from hespotex.preflight import check_decodable
 from hespotex.qupath import write_qupath_geojson
 from hespotex.slide import Slide
 from hespotex.store import read_feature_store, read_graph_store
@@ -76,6 +77,7 @@ def run_decode(slide: Slide, slide_id: str, config: PipelineConfig) -> ad.AnnDat
     store = read_feature_store(paths.features)
     edge_index, graph_attributes = read_graph_store(paths.graph)
     model, meta = load_checkpoint(config.decode.checkpoint)
+    check_decodable(config.decode.checkpoint, meta)
     check_encoder_matches(
         config.decode.checkpoint,
         meta,

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional
+from torch_geometric.nn import MessagePassing
+from torch_geometric.utils import softmax
 
 GRAPH_LAYERS = 4
 HIDDEN = 1024
@@ -52,18 +54,31 @@ def _head(in_dim: int, out_dim: int, dropout: float) -> nn.Sequential:
     )
 
 
+NUCLEUS_COUNT_RANGE = (1.0, 20.0)
+
+
+def scale_by_nuclei(genes: torch.Tensor, nucleus_counts: torch.Tensor | None) -> torch.Tensor:
+    """The paper's optional cell-count scaling: each spot's prediction × its nucleus count,
+    clipped to 1..20 so empty or crowded patches neither vanish nor explode."""
+    if nucleus_counts is None:
+        return genes
+    return genes * nucleus_counts.clamp(*NUCLEUS_COUNT_RANGE).unsqueeze(1).to(genes.dtype)
+
+
 @dataclass(frozen=True)
 class ImageStreamShape:
     feature_dim: int
     latent_dim: int
     n_genes: int
     dropout: float = 0.0
+    feature_dropout: float = 0.0
 
 
 class ImageStream(nn.Module):
     def __init__(self, shape: ImageStreamShape):
         super().__init__()
         self.shape = shape
+        self.feature_dropout = nn.Dropout(shape.feature_dropout)
         self.latent_head = _head(shape.feature_dim, shape.latent_dim, shape.dropout)
         self.gene_head = _head(shape.latent_dim, shape.n_genes, shape.dropout)
         self.graph_layers = nn.ModuleList(
@@ -82,8 +97,16 @@ class ImageStream(nn.Module):
         self.feature_mean.copy_(features.mean(dim=0))
         self.feature_std.copy_(features.std(dim=0).clamp(min=1e-6))
 
+    def start_from_mean(self, expression: torch.Tensor) -> None:
+        """Start the gene head's output at the training mean of each gene: log1p CPM levels
+        sit far from zero (≈ 5–12), and learning them from a zero bias at lr 1e-3 costs
+        hundreds of steps before any pattern between spots is learnt."""
+        with torch.no_grad():
+            self.gene_head[-1].bias.copy_(expression.mean(dim=0))
+
     def latent(self, features: torch.Tensor) -> torch.Tensor:
-        return self.latent_head((features - self.feature_mean) / self.feature_std)
+        standardised = (features - self.feature_mean) / self.feature_std
+        return self.latent_head(self.feature_dropout(standardised))
 
     def graph_steps(self, latent: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
         """(N, 4, L): each graph layer applied to the latent embeddings."""
@@ -94,20 +117,28 @@ class ImageStream(nn.Module):
         return sequence.mean(dim=1) + self.gene_head(latent)
 
     def forward(
-        self, features: torch.Tensor, edge_index: torch.Tensor
+        self,
+        features: torch.Tensor,
+        edge_index: torch.Tensor,
+        nucleus_counts: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         latent = self.latent(features)
-        return self.genes_from(latent, self.graph_steps(latent, edge_index)), latent
+        genes = self.genes_from(latent, self.graph_steps(latent, edge_index))
+        return scale_by_nuclei(genes, nucleus_counts), latent
 
     @torch.inference_mode()
     def predict(
-        self, features: torch.Tensor, edge_index: torch.Tensor, spot_chunk: int
+        self,
+        features: torch.Tensor,
+        edge_index: torch.Tensor,
+        spot_chunk: int,
+        nucleus_counts: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Whole-slide prediction: the graph layers see every spot; the LSTM and gene head,
         whose activations are N × G, run a chunk of spots at a time."""
         latent = torch.cat([self.latent(part) for part in features.split(spot_chunk)])
         steps = self.graph_steps(latent, edge_index)
-        return torch.cat(
+        genes = torch.cat(
             [
                 self.genes_from(latent_part, steps_part).cpu()
                 for latent_part, steps_part in zip(
@@ -115,58 +146,71 @@ class ImageStream(nn.Module):
                 )
             ]
         )
+        return scale_by_nuclei(genes, None if nucleus_counts is None else nucleus_counts.cpu())
 
 
-class GraphAttentionLayer(nn.Module):
-    """STAGATE's layer: x W, then (optionally) attention over neighbours with a sigmoid on
-    the scores before the softmax. Without attention it is the linear map alone."""
+AttentionScores = tuple[torch.Tensor, torch.Tensor]
+
+
+class StagateAttentionConv(MessagePassing):
+    """STAGATE's GAT layer (one head): ``h = x W``; with attention, each node sums its
+    neighbours' ``h`` weighted by the softmax over neighbours of sigmoid(a_s·h_j + a_t·h_i).
+    ``spread`` is the message passing alone, so a tied decoder can reuse the layer's scores
+    on other values."""
 
     def __init__(self, in_dim: int, out_dim: int):
-        super().__init__()
+        super().__init__(aggr="add", node_dim=0)
         self.weight = nn.Parameter(torch.empty(in_dim, out_dim))
         self.att_source = nn.Parameter(torch.empty(1, out_dim))
         self.att_target = nn.Parameter(torch.empty(1, out_dim))
         for parameter in (self.weight, self.att_source, self.att_target):
             nn.init.xavier_normal_(parameter, gain=1.414)
 
-    def attention(self, h: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
-        from torch_geometric.utils import softmax
+    def forward(
+        self, x: torch.Tensor, edge_index: torch.Tensor, attention: bool = True
+    ) -> tuple[torch.Tensor, AttentionScores | None]:
+        h = x @ self.weight
+        if not attention:
+            return h, None
+        scores = ((h * self.att_source).sum(-1), (h * self.att_target).sum(-1))
+        return self.spread(h, edge_index, scores), scores
 
-        source, target = edge_index
-        scores = (h * self.att_source).sum(-1)[source] + (h * self.att_target).sum(-1)[target]
-        return softmax(torch.sigmoid(scores), target, num_nodes=h.shape[0])
+    def spread(
+        self, h: torch.Tensor, edge_index: torch.Tensor, scores: AttentionScores
+    ) -> torch.Tensor:
+        source_score, target_score = scores
+        return self.propagate(edge_index, h=h, source_score=source_score, target_score=target_score)
 
-    @staticmethod
-    def propagate(h: torch.Tensor, edge_index: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-        source, target = edge_index
-        return torch.zeros_like(h).index_add_(0, target, h[source] * alpha.unsqueeze(1))
+    def message(
+        self,
+        h_j: torch.Tensor,
+        source_score_j: torch.Tensor,
+        target_score_i: torch.Tensor,
+        index: torch.Tensor,
+        size_i: int | None,
+    ) -> torch.Tensor:
+        alpha = softmax(torch.sigmoid(source_score_j + target_score_i), index, num_nodes=size_i)
+        return h_j * alpha.unsqueeze(-1)
 
 
 class ExpressionAutoencoder(nn.Module):
-    """GATE: encoder GAT(G→512) + ELU, linear (512→64); decoder tied to the transposed
-    encoder weights, its first layer reusing the encoder's attention."""
+    """STAGATE's GATE: encoder GAT(G→512) + ELU, then (512→64) without attention. The
+    decoder owns no parameters: its layers are the encoder's weights transposed (the same
+    tensors, so both sides train them) and its first layer spreads with the encoder's
+    attention scores."""
 
     def __init__(self, n_genes: int, hidden_dim: int = 512, latent_dim: int = 64):
         super().__init__()
-        self.conv1 = GraphAttentionLayer(n_genes, hidden_dim)
-        self.conv2 = GraphAttentionLayer(hidden_dim, latent_dim)
-
-    def encode(
-        self, x: torch.Tensor, edge_index: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        h = x @ self.conv1.weight
-        alpha = self.conv1.attention(h, edge_index)
-        hidden = functional.elu(self.conv1.propagate(h, edge_index, alpha))
-        return hidden @ self.conv2.weight, alpha
+        self.conv1 = StagateAttentionConv(n_genes, hidden_dim)
+        self.conv2 = StagateAttentionConv(hidden_dim, latent_dim)
 
     def forward(
         self, x: torch.Tensor, edge_index: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        latent, alpha = self.encode(x, edge_index)
-        decoded = functional.elu(
-            self.conv1.propagate(latent @ self.conv2.weight.T, edge_index, alpha)
-        )
-        return latent, decoded @ self.conv1.weight.T
+        hidden, scores = self.conv1(x, edge_index)
+        latent, _ = self.conv2(functional.elu(hidden), edge_index, attention=False)
+        decoded = self.conv1.spread(latent @ self.conv2.weight.T, edge_index, scores)
+        return latent, functional.elu(decoded) @ self.conv1.weight.T
 
 
 def pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

@@ -267,3 +267,18 @@ def test_preflight_wants_a_python_with_spatialdata_when_the_export_is_on(
     missing = {"spatialdata": True, "spatialdata_python": str(tmp_path / "no-python")}
     with pytest.raises(ConfigError, match="no-python cannot run"):
         check_run(parse_config({**base, "outputs": missing}))
+
+
+def test_a_checkpoint_scaled_by_nucleus_counts_is_refused_before_decoding(
+    tmp_path, trained_checkpoint
+):
+    from hespotex.checkpoint import save_checkpoint
+
+    model, meta = load_checkpoint(trained_checkpoint)
+    scaled = tmp_path / "scaled.safetensors"
+    save_checkpoint(scaled, model, meta.model_copy(update={"nucleus_counter": "hematoxylin"}))
+    sheet = tmp_path / "s.tsv"
+    sheet.write_text(f"slide_id\tpath\nsvs\t{SVS}\n")
+    config = {"samples": str(sheet), "encoder": TEST_ENCODER}
+    with pytest.raises(CheckpointError, match="scaled.safetensors.*nucleus-count scaling"):
+        check_run(parse_config({**config, "decode": {"checkpoint": str(scaled)}}))

@@ -5,8 +5,10 @@ from hespotex.model import (
     ExpressionAutoencoder,
     ImageStream,
     ImageStreamShape,
+    StagateAttentionConv,
     neighbour_mean,
     pearson_rows,
+    scale_by_nuclei,
 )
 
 
@@ -81,3 +83,47 @@ def test_pearson_rows_matches_numpy():
         [float(torch.corrcoef(torch.stack([a[i], b[i]]))[0, 1]) for i in range(5)]
     )
     assert torch.allclose(pearson_rows(a, b), expected, atol=1e-5)
+
+
+def test_gat_layer_is_message_passing_with_sigmoid_scores_softmaxed_per_target():
+    from torch_geometric.nn import MessagePassing
+
+    torch.manual_seed(1)
+    layer = StagateAttentionConv(3, 2)
+    assert isinstance(layer, MessagePassing)
+    x = torch.randn(3, 3)
+    edges = torch.tensor([[0, 1, 2, 1, 0], [0, 0, 0, 1, 1]])
+    out, (source_score, target_score) = layer(x, edges)
+    h = x @ layer.weight
+    raw = torch.sigmoid(source_score[[0, 1, 2]] + target_score[0])
+    weights = torch.softmax(raw, dim=0)
+    assert torch.allclose(out[0], (weights.unsqueeze(1) * h[[0, 1, 2]]).sum(0), atol=1e-6)
+    assert torch.allclose(out[2], torch.zeros(2))
+
+
+def test_autoencoder_decoder_uses_the_encoder_weights_transposed():
+    torch.manual_seed(2)
+    edges, generator = _graph(30)
+    x = torch.randn(30, 6, generator=generator)
+    model = ExpressionAutoencoder(6, hidden_dim=5, latent_dim=3)
+    assert [name for name, _ in model.named_parameters()] == [
+        "conv1.weight", "conv1.att_source", "conv1.att_target",
+        "conv2.weight", "conv2.att_source", "conv2.att_target",
+    ]  # fmt: skip
+    latent, reconstruction = model(x, edges)
+    _, scores = model.conv1(x, edges)
+    decoded = model.conv1.spread(latent @ model.conv2.weight.T, edges, scores)
+    expected = torch.nn.functional.elu(decoded) @ model.conv1.weight.T
+    assert torch.allclose(reconstruction, expected, atol=1e-6)
+    reconstruction.sum().backward()
+    encoder_only = model.conv1.weight.grad.clone()
+    model.zero_grad()
+    model(x, edges)[0].sum().backward()
+    assert not torch.allclose(encoder_only, model.conv1.weight.grad)
+
+
+def test_nucleus_counts_scale_predictions_clipped_to_1_to_20():
+    genes = torch.ones(4, 2)
+    scaled = scale_by_nuclei(genes, torch.tensor([0.0, 5.0, 20.0, 80.0]))
+    assert scaled[:, 0].tolist() == [1.0, 5.0, 20.0, 20.0]
+    assert scale_by_nuclei(genes, None) is genes

@@ -1,0 +1,96 @@
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import pearsonr
+
+from hespotex.crossval import fold_plan, summary_tables
+from hespotex.errors import InputDataError
+from hespotex.evaluation import score_genes, summarise
+from hespotex.metrics import map_raster, mse_per_gene, pearson_per_gene, spot_pitch, ssim_per_gene
+from hespotex.probe import fit_ridge_probe
+
+
+def hex_centres(rows: int, columns: int, pitch: float = 100.0) -> np.ndarray:
+    y, x = np.mgrid[0:rows, 0:columns].astype(float)
+    x = x * pitch + (y % 2) * pitch / 2
+    return np.stack([x.ravel(), y.ravel() * pitch * np.sqrt(3) / 2], axis=1)
+
+
+def test_pearson_and_mse_per_gene_match_scipy_and_numpy():
+    rng = np.random.default_rng(0)
+    measured = rng.normal(size=(60, 4))
+    predicted = measured * [1, -2, 0, 0.5] + rng.normal(size=(60, 4))
+    predicted[:, 2] = 3.0
+    expected = [pearsonr(measured[:, gene], predicted[:, gene])[0] for gene in (0, 1, 3)]
+    result = pearson_per_gene(measured, predicted)
+    assert np.allclose(result[[0, 1, 3]], expected)
+    assert np.isnan(result[2])
+    assert np.allclose(mse_per_gene(measured, predicted), ((measured - predicted) ** 2).mean(0))
+
+
+def test_ssim_is_one_for_identical_maps_and_low_for_unrelated_ones():
+    rng = np.random.default_rng(1)
+    centres = hex_centres(12, 14)
+    assert spot_pitch(centres) == pytest.approx(100.0)
+    nearest, scored = map_raster(centres)
+    assert scored.sum() > len(centres) and set(np.unique(nearest[scored])) == set(range(168))
+    smooth = np.stack([centres[:, 0], centres[:, 1], centres.sum(1)], axis=1)
+    assert np.allclose(ssim_per_gene(centres, smooth, smooth), 1.0)
+    assert np.allclose(ssim_per_gene(centres, smooth, 2 * smooth + 5), 1.0)
+    unrelated = ssim_per_gene(centres, smooth, rng.normal(size=smooth.shape))
+    assert np.all(unrelated < 0.3)
+
+
+def test_scores_summarise_over_all_and_top_genes():
+    rng = np.random.default_rng(2)
+    centres = hex_centres(8, 8)
+    measured = rng.normal(size=(64, 5))
+    predicted = measured.copy()
+    predicted[:, 3:] = rng.normal(size=(64, 2))
+    table = score_genes("s", list("abcde"), measured, predicted, centres, top_genes=3)
+    summary = summarise(table)
+    assert table["top_hvg"].tolist() == [True, True, True, False, False]
+    assert summary["pearson_top_hvg"] == pytest.approx(1.0)
+    assert summary["pearson_all"] == pytest.approx(table["pearson"].mean())
+    assert summary["n_genes"] == 5 and summary["n_top_hvg"] == 3
+
+
+def test_ridge_probe_recovers_a_linear_map_and_picks_alpha_on_validation():
+    rng = np.random.default_rng(3)
+    weights = rng.normal(size=(10, 3))
+    features = [rng.normal(size=(200, 10)) for _ in range(3)]
+    targets = [block @ weights + 0.1 * rng.normal(size=(200, 3)) for block in features]
+    probe = fit_ridge_probe(features[:2], targets[:2], (features[2], targets[2]))
+    assert probe.alpha <= 10
+    assert np.all(pearson_per_gene(targets[2], probe.predict(features[2])) > 0.99)
+
+
+def test_fold_plan_holds_each_section_out_with_a_validation_from_the_rest():
+    plan = fold_plan(["B4", "C2", "C3", "C4"])
+    assert [fold[0] for fold in plan] == ["B4", "C2", "C3", "C4"]
+    for test, validation, training in plan:
+        assert validation != test and test not in training and validation not in training
+        assert len(training) == 2
+    with pytest.raises(InputDataError, match="3 sections or more"):
+        fold_plan(["a", "b"])
+
+
+def test_summary_is_mean_over_folds_then_mean_and_sd_over_seeds():
+    folds = pd.DataFrame(
+        {
+            "test": ["a", "a", "b", "b"],
+            "validation": ["b", "b", "a", "a"],
+            "seed": [0, 1, 0, 1],
+            "chosen_epoch": [3, 4, 5, 6],
+            "hespotex_pearson_all": [0.4, 0.2, 0.6, 0.4],
+            "ridge_pearson_all": [0.3, 0.3, 0.3, 0.3],
+            "hespotex_pearson_top_hvg": [0.5, 0.5, 0.5, 0.5],
+            "ridge_pearson_top_hvg": [0.4, 0.4, 0.4, 0.4],
+        }
+    )
+    overall, lines = summary_tables(folds)
+    assert overall["hespotex_pearson_all"]["mean"] == pytest.approx(0.4)
+    assert overall["hespotex_pearson_all"]["sd"] == pytest.approx(np.std([0.5, 0.3], ddof=1))
+    assert overall["lead_pearson_top_hvg"]["mean"] == pytest.approx(0.1)
+    assert lines[2].startswith("| a / b | 3, 4 | 0.300 ± 0.141")
+    assert lines[-1].startswith("| **mean over folds** |")

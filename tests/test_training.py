@@ -1,0 +1,223 @@
+"""Training on real H&E pixels: planted signal recovered on a held-out section, above the
+ridge probe; resuming an interrupted training; gene selection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import SHARED_DATA
+from scipy import sparse
+
+from hespotex.config import parse_config
+from hespotex.crossval import ridge_scores
+from hespotex.demo import HER2ST_MPP, her2st_image, patch_statistics, read_image
+from hespotex.encoders import load_encoder
+from hespotex.evaluation import evaluate_encoded
+from hespotex.genes import select_genes
+from hespotex.graph import knn_edges
+from hespotex.runners import TorchRunner
+from hespotex.sections import Section, SectionSource, load_section
+from hespotex.slide import ArraySlide, Slide
+from hespotex.training import encode_sections, encoder_record, fit
+
+PLANTED = ("PLANTED_NUCLEI", "PLANTED_STROMA", "PLANTED_DENSE")
+N_NOISE = 4
+SECTIONS = ("B4", "C3", "C4", "C2")  # train, train, validation, test
+PLANTED_CONFIG = {
+    "encoder": {"architecture": "stain-stats"},
+    "features": {"device": "cpu"},
+    # The planted signal is clean and the sections small: a full step and light dropout learn
+    # it within 300 epochs (the regularised preset is for noisy real data).
+    "training": {
+        "gene_selection": "shared",
+        "gate_epochs": 100,
+        "epochs": 300,
+        "patience": 60,
+        "lr": 1e-3,
+        "dropout": 0.3,
+        "feature_dropout": 0.0,
+    },
+}
+
+
+def planted_signal(statistics: np.ndarray, centres: np.ndarray, rng) -> np.ndarray:
+    """Known functions of patch content (haematoxylin, eosin, optical density, on one scale
+    for every section), mostly from the spot's neighbours (so a model that reads the spot
+    graph has an edge over one that sees a patch alone), plus noise."""
+    standard = (statistics - np.array([0.065, 0.0045, 0.6])) / np.array([0.025, 0.003, 0.17])
+    content = np.stack([np.tanh(standard[:, 0]), standard[:, 1], standard[:, 2]], axis=1)
+    edges = knn_edges(centres, 6)
+    neighbours = np.zeros_like(content)
+    np.add.at(neighbours, edges[1], content[edges[0]])
+    neighbours /= np.bincount(edges[1], minlength=len(content))[:, None]
+    return 0.1 * content + 0.9 * neighbours + rng.normal(0, 0.05, content.shape)
+
+
+@pytest.fixture(scope="module")
+def planted_sections() -> list[Section]:
+    """HER2ST sections (real images, real spot positions) with planted expression: counts of
+    the planted genes follow ``planted_signal``; noise genes and a background gene do not."""
+    rng = np.random.default_rng(11)
+    sections = []
+    for name in SECTIONS:
+        spots = pd.read_csv(SHARED_DATA / "her2st" / name / "spots.tsv", sep="\t")
+        centres = spots[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64)
+        image = her2st_image(SHARED_DATA, name)
+        slide = Slide(ArraySlide(read_image(image), image), HER2ST_MPP, "test")
+        signal = planted_signal(patch_statistics(slide, centres), centres, rng)
+        planted = rng.poisson(1000 * np.exp(0.8 * signal))
+        library = rng.lognormal(0, 0.2, (len(centres), 1))
+        noise = rng.poisson(rng.lognormal(3, 0.5, N_NOISE) * library)
+        background = rng.poisson(3000, (len(centres), 1))
+        counts = np.concatenate([planted, noise, background], axis=1)
+        genes = pd.Index([*PLANTED, *(f"NOISE_{i}" for i in range(N_NOISE)), "BACKGROUND"])
+        spot_ids = pd.Index([f"{name}-{index}" for index in range(len(centres))])
+        sections.append(
+            Section(
+                name,
+                image,
+                HER2ST_MPP,
+                sparse.csr_matrix(counts, dtype=np.float32),
+                genes,
+                spot_ids,
+                centres,
+            )
+        )
+    return sections
+
+
+def test_planted_genes_are_recovered_on_a_held_out_section_above_the_ridge_probe(
+    planted_sections,
+):
+    config = parse_config(PLANTED_CONFIG)
+    runner = TorchRunner(load_encoder(config.encoder), torch.device("cpu"))
+    encoded = {item.section_id: item for item in encode_sections(planted_sections, config, runner)}
+    *training, validation, test = SECTIONS
+    model, meta = fit(
+        [encoded[name] for name in (*training, validation)],
+        validation,
+        config,
+        encoder_record(runner, config),
+    )
+    assert meta.trained_on == training and meta.training["chosen_epoch"] >= 1
+    scores, _ = evaluate_encoded(model, meta, [encoded[test]], None)
+    ridge = ridge_scores(encoded, meta.genes, test, validation, list(training), 50)
+    by_gene = scores.set_index("gene")["pearson"]
+    ridge_by_gene = ridge.set_index("gene")["pearson"]
+    planted = by_gene[list(PLANTED)]
+    noise = by_gene[[gene for gene in meta.genes if gene.startswith("NOISE")]]
+    assert planted.mean() >= 0.8, planted
+    assert planted.mean() > ridge_by_gene[list(PLANTED)].mean() + 0.02
+    assert abs(noise.mean()) < 0.15 and noise.abs().max() < 0.35, noise
+
+
+def test_training_resumes_where_it_was_interrupted(planted_sections, tmp_path, monkeypatch):
+    from hespotex import training
+
+    config = parse_config(
+        {
+            **PLANTED_CONFIG,
+            "training": {
+                **PLANTED_CONFIG["training"],
+                "gate_epochs": 20,
+                "epochs": 12,
+                "patience": 50,
+                "resume_every": 5,
+            },
+        }
+    )
+    runner = TorchRunner(load_encoder(config.encoder), torch.device("cpu"))
+    encoded = encode_sections(planted_sections[1:], config, runner)
+    record = encoder_record(runner, config)
+    uninterrupted, _ = fit(encoded, "C4", config, record)
+    resume = tmp_path / "model.safetensors.resume.pt"
+    original_epoch = training.image_stream_epoch
+    calls = []
+
+    def interrupted_epoch(*args):
+        calls.append(1)
+        if len(calls) == 8:
+            raise KeyboardInterrupt
+        return original_epoch(*args)
+
+    monkeypatch.setattr(training, "image_stream_epoch", interrupted_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        fit(encoded, "C4", config, record, resume)
+    assert resume.is_file()
+    assert torch.load(resume, weights_only=True)["epoch"] == 5
+    monkeypatch.setattr(training, "image_stream_epoch", original_epoch)
+    resumed, meta = fit(encoded, "C4", config, record, resume)
+    assert not resume.exists()
+    assert meta.training["epochs_run"] == 12
+    for name, tensor in uninterrupted.state_dict().items():
+        assert torch.allclose(tensor, resumed.state_dict()[name]), name
+
+
+def test_hvg_union_is_depth_aware_and_logged(caplog):
+    """seurat_v3 per section on counts: a gene varying only by depth in a shallow section
+    is not chosen; a gene a file names is kept in the file's set."""
+    rng = np.random.default_rng(5)
+    sections = []
+    for name, depth in (("deep", 20.0), ("shallow", 1.0)):
+        n = 300
+        library = rng.lognormal(0, 0.1, (n, 1)) * depth
+        variable_rates = np.array([1.0, 3.0, 10.0, 30.0, 60.0])
+        variable = rng.poisson(library * np.exp(rng.normal(0, 1.0, (n, 5))) * variable_rates)
+        flat = rng.poisson(library * np.logspace(-0.5, 2, 40))
+        counts = np.concatenate([variable, flat], axis=1)
+        genes = pd.Index([*(f"VAR{i}" for i in range(5)), *(f"FLAT{i}" for i in range(40))])
+        sections.append(
+            Section(
+                name,
+                SHARED_DATA,
+                None,
+                sparse.csr_matrix(counts, dtype=np.float32),
+                genes,
+                pd.Index(map(str, range(n))),
+                rng.uniform(0, 100, (n, 2)),
+            )
+        )
+    config = parse_config({**PLANTED_CONFIG, "training": {"n_genes": 5}})
+    with caplog.at_level("INFO", logger="hespotex.genes"):
+        chosen = select_genes(sections, config.training)
+    assert sorted(chosen) == [f"VAR{i}" for i in range(5)]
+    assert "genes: 5 (union of each section's top 5 seurat_v3 genes) of 45 shared" in caplog.text
+
+
+def test_train_on_real_sections_writes_genes_in_variability_order():
+    source = SectionSource(
+        "mob",
+        SHARED_DATA / "xfuse-mob-st" / "image.jpg",
+        SHARED_DATA / "xfuse-mob-st" / "counts.tsv",
+        SHARED_DATA / "xfuse-mob-st" / "spots.tsv",
+        mpp=6.9,
+    )
+    section = load_section(source)
+    config = parse_config({**PLANTED_CONFIG, "training": {"n_genes": 3}})
+    chosen = select_genes([section], config.training)
+    assert len(chosen) == 3 and set(chosen) <= set(section.genes)
+
+
+def test_nuclei_are_counted_on_real_he_pixels_and_not_on_glass(he_tile):
+    from hespotex.nuclei import count_nuclei
+
+    patches = np.stack(
+        [he_tile[:224, :224], he_tile[500:724, 300:524], np.full_like(he_tile[:224, :224], 240)]
+    )
+    counts = count_nuclei(patches, mpp=0.5)
+    assert counts[2] == 0
+    assert np.all((counts[:2] >= 5) & (counts[:2] <= 200)), counts
+
+
+def test_presets_fill_regularisation_and_explicit_keys_win():
+    paper = parse_config({**PLANTED_CONFIG, "training": {"preset": "paper"}}).training
+    assert (paper.dropout, paper.feature_dropout, paper.lr, paper.epochs) == (0.0, 0.0, 1e-3, 50)
+    mixed = parse_config({**PLANTED_CONFIG, "training": {"preset": "paper", "epochs": 80}})
+    assert mixed.training.epochs == 80 and mixed.training.dropout == 0.0
+    default = parse_config({**PLANTED_CONFIG, "training": {}}).training
+    regularised = parse_config({**PLANTED_CONFIG, "training": {"preset": "regularised"}})
+    assert default.model_dump(exclude={"preset"}) == regularised.training.model_dump(
+        exclude={"preset"}
+    )
