@@ -19,8 +19,10 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
-from hespotex.atomic import atomic_path, write_json, write_tsv
+from hespotex.atomic import write_json, write_tsv
 from hespotex.errors import InputDataError
+from hespotex.metrics import pearson_per_gene
+from hespotex.plots import save_figure
 
 MIN_SAMPLES = 3
 BEST_GENES_SHOWN = 6
@@ -61,16 +63,8 @@ def read_slide_map(path: Path) -> dict[str, str]:
 def column_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Pearson correlation of matching columns over the rows where both are finite; NaN
     where either column is constant there or fewer than 3 rows remain."""
-    valid = np.isfinite(a) & np.isfinite(b)
-    count = valid.sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        a = np.where(valid, a, 0.0)
-        b = np.where(valid, b, 0.0)
-        a = np.where(valid, a - a.sum(axis=0) / count, 0.0)
-        b = np.where(valid, b - b.sum(axis=0) / count, 0.0)
-        denominator = np.sqrt((a * a).sum(axis=0) * (b * b).sum(axis=0))
-        correlation = np.where(denominator > 0, (a * b).sum(axis=0) / denominator, np.nan)
-    return np.where(count >= MIN_SAMPLES, correlation, np.nan)
+    count = (np.isfinite(a) & np.isfinite(b)).sum(axis=0)
+    return np.where(count >= MIN_SAMPLES, pearson_per_gene(a, b), np.nan)
 
 
 def column_spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -168,10 +162,7 @@ def write_best_genes_plot(
         panel.set_title(f"{row.gene}\nSpearman {row.spearman:.2f}, Pearson {row.pearson:.2f}")
         panel.set_xlabel("measured bulk (log1p)")
         panel.set_ylabel("predicted pseudo-bulk")
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=100)
-    plt.close(figure)
+    save_figure(figure, path, dpi=100)
 
 
 def run_evaluate_bulk(

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from hespotex.atomic import atomic_path, write_json, write_tsv
+from hespotex.atomic import write_json, write_tsv
 from hespotex.checkpoint import CheckpointMeta, check_encoder_matches, load_checkpoint
 from hespotex.config import NucleusCounter, PipelineConfig
 from hespotex.encoders import load_encoder, pick_device
@@ -87,10 +87,9 @@ def write_maps(
     predicted: np.ndarray,
 ) -> None:
     """Measured beside predicted maps of the ``MAP_GENES`` best and worst genes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from hespotex.plots import save_figure
 
     ranked = table.dropna(subset=["pearson"]).sort_values("pearson", ascending=False)
     picks = list(dict.fromkeys([*ranked.index[:MAP_GENES], *ranked.index[-MAP_GENES:]]))
@@ -108,10 +107,7 @@ def write_maps(
             panel.set_axis_off()
             figure.colorbar(points, ax=panel, fraction=0.04, label="log1p CPM")
     figure.suptitle(f"{section_id}: best and worst genes")
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=80)
-    plt.close(figure)
+    save_figure(figure, path, dpi=80)
 
 
 def evaluate_encoded(

@@ -13,9 +13,15 @@ from scipy.spatial import cKDTree
 
 
 def pearson_per_gene(measured: np.ndarray, predicted: np.ndarray) -> np.ndarray:
-    """(G,) Pearson correlation of each column; NaN where either column is constant."""
-    measured = measured - measured.mean(axis=0)
-    predicted = predicted - predicted.mean(axis=0)
+    """(G,) Pearson correlation of each column over the rows where both are finite; NaN where
+    either column is constant there."""
+    valid = np.isfinite(measured) & np.isfinite(predicted)
+    count = valid.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        measured = np.where(valid, measured, 0.0)
+        predicted = np.where(valid, predicted, 0.0)
+        measured = np.where(valid, measured - measured.sum(axis=0) / count, 0.0)
+        predicted = np.where(valid, predicted - predicted.sum(axis=0) / count, 0.0)
     denominator = np.sqrt((measured**2).sum(axis=0) * (predicted**2).sum(axis=0))
     numerator = (measured * predicted).sum(axis=0)
     return np.divide(

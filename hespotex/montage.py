@@ -16,8 +16,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from hespotex.atomic import atomic_path
 from hespotex.config import FeaturesConfig
+from hespotex.plots import save_figure
 from hespotex.slide import Slide
 
 PATCH_INCHES = 1.6
@@ -70,7 +70,4 @@ def write_top_patch_montages(
             f"log1p CPM; {features.patch_um:.0f} µm each",
             fontsize=9,
         )
-        figure.tight_layout()
-        with atomic_path(out_dir / f"{gene}.png") as tmp:
-            figure.savefig(tmp, format="png", dpi=100)
-        plt.close(figure)
+        save_figure(figure, out_dir / f"{gene}.png", dpi=100)

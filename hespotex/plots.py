@@ -42,7 +42,14 @@ def write_heatmap(path: Path, adata: ad.AnnData, library_id: str, gene: str, lay
         panel.set_ylim(height, 0)
         panel.set_axis_off()
     figure.colorbar(collection, ax=axes, fraction=0.04, pad=0.02, label="log1p CPM")
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png")
-    plt.close(figure)
+    save_figure(figure, path, dpi=100)
+
+
+def save_figure(figure, path: Path, dpi: int) -> None:
+    """Lay out, write atomically as PNG, and free the figure even when writing fails."""
+    try:
+        figure.tight_layout()
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, format="png", dpi=dpi)
+    finally:
+        plt.close(figure)
