@@ -2,13 +2,16 @@
 
 Decoding: the image stream (QuiltNet-sized 512-d features, random values; a real spot graph,
 the sparse kNN k = 4 of a 100 µm hexagonal lattice) predicts every spot of a slide, chunk by
-chunk, as the decode stage does. Training: one step of the expression autoencoder
-(G → 512 → 64, k = 8 with self loops) and one step of the image stream on one section of N
-spots. Each measurement runs in a fresh process under `/usr/bin/time -v` (wall time and peak
-RSS include starting Python and importing torch, ≈ 0.3 GB).
+chunk, as the decode stage does. Training, through `hespotex.training`'s own functions: one
+step of the expression autoencoder (G → 512 → 64, k = 8 with self loops), reading every
+spot's expression latent, then one step of the image stream, on one section of N spots —
+in spatial blocks of `training.spots_per_step` spots (the default), and for comparison on
+the whole graph at once. Each measurement runs in a fresh process under `/usr/bin/time -v`
+(wall time and peak RSS include starting Python and importing torch, ≈ 0.3 GB).
 
     .venv/bin/python benchmarks/model_scaling.py --work /tmp/hespotex-scaling \
-        [--decode-spots 50000 200000] [--training-spots 10000 50000 200000]
+        [--decode-spots 50000 200000] [--training-spots 10000 50000 200000] \
+        [--whole-graph-spots 10000 20000 40000]
 
 prints a Markdown table (also written to <work>/table.md).
 """
@@ -23,9 +26,10 @@ from pathlib import Path
 from timing import run_timed, write_table
 
 FEATURE_DIM = 512
-GENES = {"decode": 1000, "training": 250}
+GENES = {"decode": 1000, "training in blocks": 250, "training, whole graph": 250}
 DECODE_SPOTS = (50_000, 200_000)
 TRAINING_SPOTS = (10_000, 50_000, 200_000)
+WHOLE_GRAPH_SPOTS = (10_000, 20_000, 40_000)
 SPOT_CHUNK = 8192
 
 
@@ -41,10 +45,12 @@ def hex_lattice(n_spots: int):
 def measure_once(kind: str, n_spots: int) -> None:
     """Run one measurement in this process and print its seconds (without start-up)."""
     import torch
-    from torch.nn import functional
 
+    from hespotex.config import TrainingConfig
     from hespotex.graph import knn_edges
-    from hespotex.model import ExpressionAutoencoder, ImageStream, ImageStreamShape, pearson_rows
+    from hespotex.model import ExpressionAutoencoder, ImageStream, ImageStreamShape
+    from hespotex.subgraphs import spot_blocks
+    from hespotex.training import SectionTensors, image_stream_epoch, train_expression_latents
 
     torch.manual_seed(0)
     genes = GENES[kind]
@@ -52,23 +58,27 @@ def measure_once(kind: str, n_spots: int) -> None:
     model = ImageStream(ImageStreamShape(FEATURE_DIM, 64, genes, dropout=0.3))
     features = torch.randn(n_spots, FEATURE_DIM)
     start = time.perf_counter()
-    edges = torch.from_numpy(knn_edges(coords, 4))
+    edges = knn_edges(coords, 4)
     if kind == "decode":
-        prediction = model.eval().predict(features, edges, SPOT_CHUNK)
+        prediction = model.eval().predict(features, torch.from_numpy(edges), SPOT_CHUNK)
         assert prediction.shape == (n_spots, genes)
     else:
-        expression = torch.rand(n_spots, genes) * 8
-        gate_edges = torch.from_numpy(knn_edges(coords, 8, self_loops=True))
-        autoencoder = ExpressionAutoencoder(genes)
-        gate_optimiser = torch.optim.Adam(autoencoder.parameters(), lr=1e-3, weight_decay=1e-4)
-        latent, reconstruction = autoencoder(expression, gate_edges)
-        functional.mse_loss(reconstruction, expression).backward()
-        gate_optimiser.step()
-        optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-3)
-        prediction, image_latent = model(features, edges)
-        loss = 1 - pearson_rows(latent.detach(), image_latent).mean()
-        (loss + functional.mse_loss(prediction, expression)).backward()
-        optimiser.step()
+        config = TrainingConfig(gate_epochs=1)
+        spots_per_step = config.spots_per_step if kind == "training in blocks" else n_spots
+        gate_edges = knn_edges(coords, config.gate_k, self_loops=True)
+        section = SectionTensors(
+            section_id="benchmark",
+            expression=torch.rand(n_spots, genes) * 8,
+            features=features,
+            decoder_blocks=spot_blocks(coords, edges, ImageStream.RECEPTIVE_HOPS, spots_per_step),
+            gate_blocks=spot_blocks(
+                coords, gate_edges, ExpressionAutoencoder.RECEPTIVE_HOPS, spots_per_step
+            ),
+            nucleus_counts=None,
+        )
+        train_expression_latents([section], genes, config)
+        optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-3)
+        image_stream_epoch(model, optimiser, [section])
     print(f"{time.perf_counter() - start:.2f}")
 
 
@@ -77,6 +87,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/hespotex-scaling"))
     parser.add_argument("--decode-spots", type=int, nargs="*", default=list(DECODE_SPOTS))
     parser.add_argument("--training-spots", type=int, nargs="*", default=list(TRAINING_SPOTS))
+    parser.add_argument("--whole-graph-spots", type=int, nargs="*", default=list(WHOLE_GRAPH_SPOTS))
     parser.add_argument("--one", nargs=2, metavar=("KIND", "SPOTS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -84,11 +95,12 @@ def main() -> None:
         return
     args.work.mkdir(parents=True, exist_ok=True)
     runs = [("decode", n) for n in args.decode_spots]
-    runs += [("training", n) for n in args.training_spots]
+    runs += [("training in blocks", n) for n in args.training_spots]
+    runs += [("training, whole graph", n) for n in args.whole_graph_spots]
     lines = [
         f"| what ({FEATURE_DIM}-d features) | genes | spots | work (s) | "
-        "process wall (s) | peak RSS (MB) | extra MB per 1k extra spots |",
-        "|---|---|---|---|---|---|---|",
+        "work per 1k spots (s) | process wall (s) | peak RSS (MB) | extra MB per 1k extra spots |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     baseline = {}
     for kind, n_spots in runs:
@@ -102,8 +114,9 @@ def main() -> None:
             if n_spots > first_spots
             else ""
         )
+        work = float(stdout.strip())
         lines.append(
-            f"| {kind} | {GENES[kind]} | {n_spots:,} | {float(stdout.strip()):.1f} | "
+            f"| {kind} | {GENES[kind]} | {n_spots:,} | {work:.1f} | {work / n_spots * 1000:.2f} | "
             f"{seconds:.1f} | {peak_mb:.0f} | {growth} |"
         )
         print(lines[-1], flush=True)

@@ -225,6 +225,14 @@ class TrainingConfig(_Section):
         description="hematoxylin: multiply each spot's prediction by its nucleus count "
         "(clipped to 1..20), counted on the patch's haematoxylin channel (scikit-image)",
     )
+    spots_per_step: int = Field(
+        10_000,
+        ge=1,
+        description="larger sections train in spatial blocks of this many spots (plus their "
+        "graph neighbours), gradients summed over the blocks: the same step as on the whole "
+        "section, with memory bounded by the block (≈ 2.2 GB peak at 10,000 spots and 250 "
+        "genes on CPU; more genes need more, the LSTM's width being the gene count)",
+    )
     seed: int = Field(0, ge=0, description="seed of weights, dropout and data order")
     resume_every: int = Field(
         10, ge=1, description="image-stream epochs between resumable training states"

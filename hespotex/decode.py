@@ -11,6 +11,7 @@ diameter is the grid spacing, so spots drawn at that size tile the tissue. Besid
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -20,17 +21,16 @@ from PIL import Image
 
 from hespotex import __version__
 from hespotex.atomic import atomic_path
-from hespotex.checkpoint import check_encoder_matches, load_checkpoint
-from hespotex.config import PipelineConfig
+from hespotex.checkpoint import CheckpointMeta, check_encoder_matches, load_checkpoint
+from hespotex.config import NucleusCounter, PipelineConfig
 from hespotex.encoders import pick_device
 from hespotex.errors import ConfigError, InputDataError
 from hespotex.montage import write_top_patch_montages
 from hespotex.paths import SlidePaths
 from hespotex.plots import write_heatmap
-from hespotex.preflight import check_decodable
 from hespotex.qupath import write_qupath_geojson
 from hespotex.slide import Slide
-from hespotex.store import read_feature_store, read_graph_store
+from hespotex.store import FeatureStore, read_feature_store, read_graph_store
 from hespotex.tiling import read_spots
 from hespotex.tissue import TissueRecord, read_mask
 
@@ -68,6 +68,24 @@ def build_anndata(
     return adata
 
 
+def nucleus_counts_for(
+    meta: CheckpointMeta, store: FeatureStore, store_path: Path
+) -> np.ndarray | None:
+    """The spots' nucleus counts when the checkpoint scales by them: counted by the features
+    stage with the same counter, or the store is stale for this checkpoint."""
+    if meta.nucleus_counter == NucleusCounter.NONE:
+        return None
+    counted_with = store.attributes.get("nucleus_counter", NucleusCounter.NONE)
+    if store.nucleus_counts is None or counted_with != meta.nucleus_counter:
+        raise InputDataError(
+            store_path,
+            f"the checkpoint scales predictions by nucleus counts ({meta.nucleus_counter}) "
+            f"but this feature store was written with nucleus_counter: {counted_with}; "
+            "rerun the features stage (snakemake --forcerun features)",
+        )
+    return store.nucleus_counts
+
+
 def run_decode(slide: Slide, slide_id: str, config: PipelineConfig) -> ad.AnnData:
     if config.decode.checkpoint is None:
         raise ConfigError("decode.checkpoint is not set: train one with `hespotex train`")
@@ -77,7 +95,6 @@ def run_decode(slide: Slide, slide_id: str, config: PipelineConfig) -> ad.AnnDat
     store = read_feature_store(paths.features)
     edge_index, graph_attributes = read_graph_store(paths.graph)
     model, meta = load_checkpoint(config.decode.checkpoint)
-    check_decodable(config.decode.checkpoint, meta)
     check_encoder_matches(
         config.decode.checkpoint,
         meta,
@@ -101,12 +118,14 @@ def run_decode(slide: Slide, slide_id: str, config: PipelineConfig) -> ad.AnnDat
             f"outputs.genes: {', '.join(missing)} not predicted by checkpoint "
             f"{config.decode.checkpoint}"
         )
+    nucleus_counts = nucleus_counts_for(meta, store, paths.features)
     device = pick_device(config.decode.device)
     model = model.to(device)
     prediction = model.predict(
         torch.from_numpy(store.features).to(device),
         torch.from_numpy(edge_index).to(device),
         config.decode.spot_chunk,
+        None if nucleus_counts is None else torch.from_numpy(nucleus_counts),
     ).numpy()
     with Image.open(paths.thumbnail) as image:
         thumbnail = np.asarray(image.convert("RGB"))

@@ -2,20 +2,25 @@
 
 Patches are read from the pyramid level nearest above the patch resolution and resampled,
 region by region (``hespotex.patches``), ahead of the encoder (``hespotex.runners``); features
-are written chunk by chunk as batches finish, so memory stays bounded.
+are written chunk by chunk as batches finish, so memory stays bounded. When the configured
+checkpoint scales its predictions by nucleus counts, each patch's nuclei are counted here too,
+on the same pixels the encoder sees.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 from tqdm import tqdm
 
 from hespotex import __version__
 from hespotex.atomic import atomic_path
-from hespotex.config import FeaturesConfig, PipelineConfig
+from hespotex.checkpoint import read_checkpoint_meta
+from hespotex.config import FeaturesConfig, NucleusCounter, PipelineConfig
+from hespotex.nuclei import count_nuclei
 from hespotex.patches import iter_patch_batches
 from hespotex.paths import SlidePaths
 from hespotex.runners import OnnxRunner, TorchRunner, build_runner
@@ -26,14 +31,21 @@ from hespotex.tiling import read_spots
 logger = logging.getLogger(__name__)
 
 
+class EncodedBatch(NamedTuple):
+    features: np.ndarray
+    nucleus_counts: np.ndarray | None
+
+
 def encode_patches(
     slide: Slide,
     centres_px: np.ndarray,
     runner: TorchRunner | OnnxRunner,
     config: FeaturesConfig,
     description: str = "encoding",
-) -> Iterator[np.ndarray]:
-    """Features (B × D float32) for the patches centred on ``centres_px``, batch by batch."""
+    nucleus_counter: NucleusCounter = NucleusCounter.NONE,
+) -> Iterator[EncodedBatch]:
+    """Features (B × D float32) for the patches centred on ``centres_px``, batch by batch,
+    with the patches' nucleus counts when a counter is named."""
     plan = slide.plan(config.patch_um, config.patch_mpp)
     logger.info(
         "patches: %d px at %.3f µm/px, read as %d px from level %d (%.3f µm/px)",
@@ -50,8 +62,20 @@ def encode_patches(
     with tqdm(total=len(centres_px), desc=description, unit="patch", mininterval=5) as progress:
         for patches in batches:
             features = runner(patches, slide.path)
+            nucleus_counts = (
+                None
+                if nucleus_counter == NucleusCounter.NONE
+                else count_nuclei(patches, config.patch_mpp)
+            )
             progress.update(len(patches))
-            yield features
+            yield EncodedBatch(features, nucleus_counts)
+
+
+def checkpoint_nucleus_counter(config: PipelineConfig) -> NucleusCounter:
+    """The counter the configured checkpoint's predictions are scaled by (none without one)."""
+    if config.decode.checkpoint is None:
+        return NucleusCounter.NONE
+    return NucleusCounter(read_checkpoint_meta(config.decode.checkpoint).nucleus_counter)
 
 
 def run_features(slide: Slide, slide_id: str, config: PipelineConfig) -> int:
@@ -59,6 +83,7 @@ def run_features(slide: Slide, slide_id: str, config: PipelineConfig) -> int:
     spots = read_spots(paths.spots)
     centres = spots[["x_px", "y_px"]].to_numpy(dtype=np.float64)
     runner = build_runner(config)
+    nucleus_counter = checkpoint_nucleus_counter(config)
     identity = runner.identity
     logger.info("encoder: %s, run by %s", identity.describe(), runner.describe())
     attributes = {
@@ -75,14 +100,19 @@ def run_features(slide: Slide, slide_id: str, config: PipelineConfig) -> int:
         "encoder_weights_sha256": identity.weights_sha256,
         "encoder_random_weights": identity.is_random,
         "encoder_description": identity.describe(),
+        "nucleus_counter": nucleus_counter.value,
         "hespotex_version": __version__,
     }
     with atomic_path(paths.features) as tmp:
         writer = FeatureStoreWriter(
             tmp, centres, identity.feature_dim, config.features.chunk_rows, attributes
         )
-        for features in encode_patches(slide, centres, runner, config.features, slide_id):
-            writer.append(features)
-        written = writer.close()
+        nucleus_counts = []
+        batches = encode_patches(slide, centres, runner, config.features, slide_id, nucleus_counter)
+        for batch in batches:
+            writer.append(batch.features)
+            if batch.nucleus_counts is not None:
+                nucleus_counts.append(batch.nucleus_counts)
+        written = writer.close(np.concatenate(nucleus_counts) if nucleus_counts else None)
     logger.info("wrote %d × %d features to %s", written, identity.feature_dim, paths.features)
     return written

@@ -75,6 +75,10 @@ class ImageStreamShape:
 
 
 class ImageStream(nn.Module):
+    # Every graph layer reads the latent embeddings (not the previous layer's output), so a
+    # spot's prediction sees its direct neighbours only.
+    RECEPTIVE_HOPS = 1
+
     def __init__(self, shape: ImageStreamShape):
         super().__init__()
         self.shape = shape
@@ -198,6 +202,10 @@ class ExpressionAutoencoder(nn.Module):
     decoder owns no parameters: its layers are the encoder's weights transposed (the same
     tensors, so both sides train them) and its first layer spreads with the encoder's
     attention scores."""
+
+    # The encoder's attention layer reaches a spot's neighbours; the decoder spreads their
+    # latents, which reached theirs.
+    RECEPTIVE_HOPS = 2
 
     def __init__(self, n_genes: int, hidden_dim: int = 512, latent_dim: int = 64):
         super().__init__()

@@ -11,10 +11,10 @@ import json
 import subprocess
 from pathlib import Path
 
-from hespotex.checkpoint import CheckpointMeta, check_encoder_matches, read_checkpoint_meta
+from hespotex.checkpoint import check_encoder_matches, read_checkpoint_meta
 from hespotex.checksum import file_sha256
 from hespotex.config import PipelineConfig, SampleRow, read_sample_sheet
-from hespotex.errors import CheckpointError, ConfigError
+from hespotex.errors import ConfigError
 
 
 def encoder_weights_id(config: PipelineConfig) -> str:
@@ -54,7 +54,6 @@ def check_run(config: PipelineConfig) -> dict[str, SampleRow]:
             raise ConfigError(
                 f"{key} is {configured} but checkpoint {checkpoint} was trained with {trained}"
             )
-    check_decodable(checkpoint, meta)
     unknown = [gene for gene in config.outputs.genes if gene not in meta.genes]
     if unknown:
         raise ConfigError(
@@ -80,18 +79,6 @@ def check_spatialdata_python(python: Path | None) -> None:
         raise ConfigError(f"outputs.spatialdata_python: {python} cannot run: {error}") from None
     if found.returncode != 0:
         raise ConfigError(f"outputs.spatialdata_python: {python} has no spatialdata; {hint}")
-
-
-def check_decodable(checkpoint: Path, meta: CheckpointMeta) -> None:
-    """The pipeline's features stage does not count nuclei, so a checkpoint whose predictions
-    are scaled by nucleus counts would decode unscaled: refuse it rather than mislead."""
-    if meta.nucleus_counter != "none":
-        raise CheckpointError(
-            checkpoint,
-            f"trained with nucleus-count scaling (training.nucleus_counter: "
-            f"{meta.nucleus_counter}), which the pipeline's decode does not apply yet; "
-            "retrain with nucleus_counter: none to run it on slides",
-        )
 
 
 def write_run_config(config: PipelineConfig, path: Path) -> Path:

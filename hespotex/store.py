@@ -20,6 +20,7 @@ from hespotex.errors import InputDataError
 class StoreKeys:
     FEATURES = "features"
     COORDS = "coords"
+    NUCLEUS_COUNTS = "nucleus_counts"
     EDGE_INDEX = "edge_index"
 
 
@@ -28,7 +29,8 @@ COMPRESSOR = BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
 
 class FeatureStoreWriter:
     """Creates ``features`` (N × D float16, row-chunked) and ``coords`` (N × 2 level-0 px)
-    and buffers rows until a whole chunk can be written."""
+    and buffers rows until a whole chunk can be written; ``nucleus_counts`` (N float32), when
+    the checkpoint scales by them, is written at the end (4 bytes a spot)."""
 
     def __init__(
         self,
@@ -75,13 +77,21 @@ class FeatureStoreWriter:
         self._buffer = [rest] if len(rest) else []
         self._buffered = len(rest)
 
-    def close(self) -> int:
+    def close(self, nucleus_counts: np.ndarray | None = None) -> int:
         if self._buffered:
             self._flush(self._buffered)
-        if self._written != self._features.shape[0]:
-            raise RuntimeError(
-                f"feature store got {self._written} rows for {self._features.shape[0]} spots"
+        n_spots = self._features.shape[0]
+        if self._written != n_spots:
+            raise RuntimeError(f"feature store got {self._written} rows for {n_spots} spots")
+        if nucleus_counts is not None:
+            counts = self._group.create_array(
+                StoreKeys.NUCLEUS_COUNTS,
+                shape=(n_spots,),
+                chunks=(max(1, n_spots),),
+                dtype="float32",
+                compressors=COMPRESSOR,
             )
+            counts[:] = nucleus_counts
         return self._written
 
 
@@ -90,6 +100,7 @@ class FeatureStore:
     features: np.ndarray
     coords: np.ndarray
     attributes: dict[str, Any]
+    nucleus_counts: np.ndarray | None
 
 
 def _open_group(path: Path) -> zarr.Group:
@@ -106,7 +117,12 @@ def read_feature_store(path: Path) -> FeatureStore:
         coords = np.asarray(group[StoreKeys.COORDS][:], dtype=np.float64)
     except KeyError as error:
         raise InputDataError(path, f"the feature store lacks the array {error}") from None
-    return FeatureStore(features, coords, dict(group.attrs))
+    nucleus_counts = (
+        np.asarray(group[StoreKeys.NUCLEUS_COUNTS][:], dtype=np.float32)
+        if StoreKeys.NUCLEUS_COUNTS in group
+        else None
+    )
+    return FeatureStore(features, coords, dict(group.attrs), nucleus_counts)
 
 
 def read_coords(path: Path) -> np.ndarray:

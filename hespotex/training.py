@@ -11,6 +11,10 @@
    section per step. With a validation section the epoch is the one with the best mean gene
    Pearson on it (the reported score), never chosen on a test section.
 
+A section larger than ``spots_per_step`` trains in spatial blocks (``hespotex.subgraphs``):
+each block's loss is backpropagated in turn and the section's step sums them, the same step as
+on the whole graph with memory bounded by a block.
+
 Seeds are fixed (weights, dropout, section order). Every ``resume_every`` epochs the state is
 written beside the checkpoint (``.resume.pt``, tensors only); rerunning the same command after
 an interruption continues from it.
@@ -19,17 +23,17 @@ an interruption continues from it.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import logging
 import pickle
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn import functional
 from tqdm import tqdm
 
 from hespotex.atomic import atomic_path
@@ -42,6 +46,7 @@ from hespotex.graph import knn_edges
 from hespotex.model import ExpressionAutoencoder, ImageStream, ImageStreamShape, pearson_rows
 from hespotex.runners import TorchRunner
 from hespotex.sections import Section, SectionSource, load_section
+from hespotex.subgraphs import SpotBlock, spot_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -64,10 +69,13 @@ class SectionTensors:
     section_id: str
     expression: torch.Tensor
     features: torch.Tensor
-    decoder_edges: torch.Tensor
-    gate_edges: torch.Tensor
+    decoder_blocks: list[SpotBlock]
+    gate_blocks: list[SpotBlock]
     nucleus_counts: torch.Tensor | None
     latent: torch.Tensor | None = None
+
+    def nucleus_counts_of(self, block: SpotBlock) -> torch.Tensor | None:
+        return None if self.nucleus_counts is None else self.nucleus_counts[block.nodes]
 
 
 def seed_everything(seed: int) -> None:
@@ -122,41 +130,32 @@ def encoder_record(runner: TorchRunner, config: PipelineConfig) -> EncoderRecord
 def encode_sections(
     sections: Sequence[Section], config: PipelineConfig, runner: TorchRunner
 ) -> list[EncodedSection]:
-    """Read every spot's patch once; encode it, and count its nuclei when configured."""
-    from hespotex.nuclei import count_nuclei
-    from hespotex.patches import iter_patch_batches
-    from hespotex.slide import check_patch_geometry, open_slide
+    """Read every spot's patch once, as the pipeline's features stage does; encode it, and
+    count its nuclei when configured."""
+    from hespotex.features import encode_patches
+    from hespotex.slide import open_slide
 
-    features_config = config.features
-    with_nuclei = config.training.nucleus_counter != NucleusCounter.NONE
+    counter = config.training.nucleus_counter
     encoded = []
     for section in sections:
         with open_slide(section.image, section.section_id, section.mpp) as slide:
-            check_patch_geometry(
-                slide,
-                features_config.patch_um,
-                features_config.patch_mpp,
-                features_config.max_upsampling,
+            batches = list(
+                encode_patches(
+                    slide,
+                    section.centres_px,
+                    runner,
+                    config.features,
+                    f"encoding {section.section_id}",
+                    counter,
+                )
             )
-            plan = slide.plan(features_config.patch_um, features_config.patch_mpp)
-            features, nuclei = [], []
-            batches = iter_patch_batches(
-                slide,
-                section.centres_px,
-                plan,
-                features_config.batch_size,
-                features_config.num_workers,
-                features_config.max_region_px,
-            )
-            for patches in tqdm(batches, desc=f"encoding {section.section_id}", mininterval=5):
-                features.append(runner(patches, slide.path))
-                if with_nuclei:
-                    nuclei.append(count_nuclei(patches, features_config.patch_mpp))
         encoded.append(
             EncodedSection(
                 section,
-                np.concatenate(features),
-                np.concatenate(nuclei) if with_nuclei else None,
+                np.concatenate([batch.features for batch in batches]),
+                None
+                if counter == NucleusCounter.NONE
+                else np.concatenate([batch.nucleus_counts for batch in batches]),
             )
         )
     return encoded
@@ -166,15 +165,21 @@ def section_tensors(
     encoded: EncodedSection, genes: list[str], config: PipelineConfig, device: torch.device
 ) -> SectionTensors:
     coords = encoded.section.centres_px
+    spots_per_step = config.training.spots_per_step
+
+    def blocks(edge_index: np.ndarray, hops: int) -> list[SpotBlock]:
+        return [block.to(device) for block in spot_blocks(coords, edge_index, hops, spots_per_step)]
+
     return SectionTensors(
         section_id=encoded.section_id,
         expression=torch.tensor(
             encoded.section.log_expression(genes), dtype=torch.float32, device=device
         ),
         features=torch.tensor(encoded.features, dtype=torch.float32, device=device),
-        decoder_edges=torch.from_numpy(knn_edges(coords, config.graph.k)).to(device),
-        gate_edges=torch.from_numpy(knn_edges(coords, config.training.gate_k, self_loops=True)).to(
-            device
+        decoder_blocks=blocks(knn_edges(coords, config.graph.k), ImageStream.RECEPTIVE_HOPS),
+        gate_blocks=blocks(
+            knn_edges(coords, config.training.gate_k, self_loops=True),
+            ExpressionAutoencoder.RECEPTIVE_HOPS,
         ),
         nucleus_counts=None
         if encoded.nucleus_counts is None
@@ -219,6 +224,49 @@ class ResumeFile:
             self.path.unlink(missing_ok=True)
 
 
+@torch.no_grad()
+def blockwise_rows(
+    blocks: Sequence[SpotBlock], rows_of: Callable[[SpotBlock], torch.Tensor]
+) -> torch.Tensor:
+    """A whole section's output rows, assembled from each block's core rows."""
+    parts = [(block.core, rows_of(block)[: block.n_core]) for block in blocks]
+    first = parts[0][1]
+    rows = first.new_empty((sum(len(index) for index, _ in parts), first.shape[1]))
+    for index, values in parts:
+        rows[index] = values
+    return rows
+
+
+def autoencoder_block_loss(
+    autoencoder: ExpressionAutoencoder, section: SectionTensors, block: SpotBlock
+) -> torch.Tensor:
+    """The block's share of the section's reconstruction MSE (its core's squared errors over
+    the section's size), so the shares sum to the section's MSE."""
+    expression = section.expression[block.nodes]
+    _, reconstruction = autoencoder(expression, block.edge_index)
+    errors = reconstruction[: block.n_core] - expression[: block.n_core]
+    return errors.square().sum() / section.expression.numel()
+
+
+def accumulate_autoencoder_gradients(
+    autoencoder: ExpressionAutoencoder, section: SectionTensors
+) -> float:
+    """Add the section's reconstruction-MSE gradient to the parameters' ``grad``, block by
+    block (one block's graph alive at a time); the section's MSE."""
+    mse = 0.0
+    for block in section.gate_blocks:
+        loss = autoencoder_block_loss(autoencoder, section, block)
+        loss.backward()
+        mse += loss.item()
+    return mse
+
+
+def autoencoder_latent(
+    autoencoder: ExpressionAutoencoder, section: SectionTensors, block: SpotBlock
+) -> torch.Tensor:
+    return autoencoder(section.expression[block.nodes], block.edge_index)[0]
+
+
 def train_expression_latents(
     sections: Sequence[SectionTensors], n_genes: int, config: TrainingConfig
 ) -> None:
@@ -236,37 +284,71 @@ def train_expression_latents(
         )
         for _ in progress:
             optimiser.zero_grad()
-            _, reconstruction = autoencoder(section.expression, section.gate_edges)
-            loss = functional.mse_loss(reconstruction, section.expression)
-            loss.backward()
+            mse = accumulate_autoencoder_gradients(autoencoder, section)
             torch.nn.utils.clip_grad_norm_(autoencoder.parameters(), config.gradient_clip)
             optimiser.step()
-            progress.set_postfix(mse=f"{loss.item():.4f}", refresh=False)
+            progress.set_postfix(mse=f"{mse:.4f}", refresh=False)
         autoencoder.eval()
-        with torch.no_grad():
-            section.latent, _ = autoencoder(section.expression, section.gate_edges)
-        logger.info("autoencoder on %s: reconstruction MSE %.4f", section.section_id, loss.item())
+        section.latent = blockwise_rows(
+            section.gate_blocks, functools.partial(autoencoder_latent, autoencoder, section)
+        )
+        logger.info("autoencoder on %s: reconstruction MSE %.4f", section.section_id, mse)
 
 
-def image_stream_loss(
+def image_stream_outputs(
+    model: ImageStream, section: SectionTensors, block: SpotBlock
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The block's predicted expression and image latents."""
+    nodes = block.nodes
+    return model(section.features[nodes], block.edge_index, section.nucleus_counts_of(block))
+
+
+def image_stream_block_losses(
+    model: ImageStream, section: SectionTensors, block: SpotBlock
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The block's shares of the section's alignment loss (1 − Pearson of the latents, mean
+    over spots) and prediction MSE: its core's terms over the section's size."""
+    prediction, latent = image_stream_outputs(model, section, block)
+    core = block.core
+    n_core = block.n_core
+    alignment = (1 - pearson_rows(section.latent[core], latent[:n_core])).sum()
+    errors = prediction[:n_core] - section.expression[core]
+    return (
+        alignment / len(section.expression),
+        errors.square().sum() / section.expression.numel(),
+    )
+
+
+def accumulate_image_stream_gradients(
     model: ImageStream, section: SectionTensors
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    prediction, latent = model(section.features, section.decoder_edges, section.nucleus_counts)
-    alignment = 1 - pearson_rows(section.latent, latent).mean()
-    mse = functional.mse_loss(prediction, section.expression)
-    return alignment + mse, alignment, mse
+) -> tuple[float, float]:
+    """Add the section's loss gradient to the parameters' ``grad``, block by block; the
+    section's alignment loss and MSE."""
+    alignment = mse = 0.0
+    for block in section.decoder_blocks:
+        block_alignment, block_mse = image_stream_block_losses(model, section, block)
+        (block_alignment + block_mse).backward()
+        alignment += block_alignment.item()
+        mse += block_mse.item()
+    return alignment, mse
+
+
+def image_stream_prediction(
+    model: ImageStream, section: SectionTensors, block: SpotBlock
+) -> torch.Tensor:
+    return image_stream_outputs(model, section, block)[0]
 
 
 def image_stream_epoch(
     model: ImageStream, optimiser: torch.optim.Optimizer, training: Sequence[SectionTensors]
 ) -> dict[str, float]:
+    """One step per section; the losses reported are the last section's."""
     model.train()
     for section in training:
         optimiser.zero_grad()
-        loss, alignment, mse = image_stream_loss(model, section)
-        loss.backward()
+        alignment, mse = accumulate_image_stream_gradients(model, section)
         optimiser.step()
-    return {"loss": loss.item(), "alignment": alignment.item(), "mse": mse.item()}
+    return {"loss": alignment + mse, "alignment": alignment, "mse": mse}
 
 
 def validation_pearson(model: ImageStream, section: SectionTensors) -> float:
@@ -274,8 +356,9 @@ def validation_pearson(model: ImageStream, section: SectionTensors) -> float:
     the section's spots: the score reported on test sections, so the epoch chosen is the one
     that serves it."""
     model.eval()
-    with torch.no_grad():
-        prediction, _ = model(section.features, section.decoder_edges, section.nucleus_counts)
+    prediction = blockwise_rows(
+        section.decoder_blocks, functools.partial(image_stream_prediction, model, section)
+    )
     return pearson_rows(prediction.T, section.expression.T).mean().item()
 
 

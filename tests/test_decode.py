@@ -269,16 +269,38 @@ def test_preflight_wants_a_python_with_spatialdata_when_the_export_is_on(
         check_run(parse_config({**base, "outputs": missing}))
 
 
-def test_a_checkpoint_scaled_by_nucleus_counts_is_refused_before_decoding(
-    tmp_path, trained_checkpoint
+def test_a_checkpoint_scaled_by_nucleus_counts_decodes_with_the_features_stage_counts(
+    tmp_path, decoded, trained_checkpoint
 ):
+    """The features stage counts nuclei when the checkpoint asks for it; decode multiplies by
+    the counts clipped to 1..20, and refuses a store written for a checkpoint without them."""
     from hespotex.checkpoint import save_checkpoint
+    from hespotex.errors import InputDataError
+    from hespotex.store import read_feature_store
 
     model, meta = load_checkpoint(trained_checkpoint)
     scaled = tmp_path / "scaled.safetensors"
     save_checkpoint(scaled, model, meta.model_copy(update={"nucleus_counter": "hematoxylin"}))
-    sheet = tmp_path / "s.tsv"
-    sheet.write_text(f"slide_id\tpath\nsvs\t{SVS}\n")
-    config = {"samples": str(sheet), "encoder": TEST_ENCODER}
-    with pytest.raises(CheckpointError, match="scaled.safetensors.*nucleus-count scaling"):
-        check_run(parse_config({**config, "decode": {"checkpoint": str(scaled)}}))
+    _, unscaled_paths = decoded
+    settings = {"encoder": TEST_ENCODER, "results": str(tmp_path / "results")}
+    unscaled_config = parse_config({**settings, "decode": {"checkpoint": str(trained_checkpoint)}})
+    config = parse_config({**settings, "decode": {"checkpoint": str(scaled)}})
+    paths = SlidePaths(config.results, "svs")
+    with open_slide(SVS, "svs") as slide:
+        run_tissue(slide, "svs", config)
+        run_tiles("svs", config)
+        run_features(slide, "svs", unscaled_config)
+        run_graph("svs", config)
+        assert read_feature_store(paths.features).nucleus_counts is None
+        with pytest.raises(InputDataError, match="features.zarr.*--forcerun features"):
+            run_decode(slide, "svs", config)
+        run_features(slide, "svs", config)
+        run_decode(slide, "svs", config)
+    store = read_feature_store(paths.features)
+    assert store.attributes["nucleus_counter"] == "hematoxylin"
+    counts = store.nucleus_counts
+    assert counts.shape == (len(store.features),) and counts.max() > 1
+    assert np.array_equal(counts, np.round(counts)) and counts.min() >= 0
+    unscaled = ad.read_h5ad(unscaled_paths.expression).X
+    predicted = ad.read_h5ad(paths.expression).X
+    assert np.allclose(predicted, unscaled * np.clip(counts, 1, 20)[:, None], rtol=1e-4, atol=1e-4)

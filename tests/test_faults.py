@@ -89,11 +89,13 @@ def test_gpu_out_of_memory_halves_the_batch_and_the_slide_completes():
         centres = np.array([[600.0 + 40 * i, 900.0] for i in range(12)])
         cpu = torch.device("cpu")
         expected = np.concatenate(
-            list(encode_patches(slide, centres, TorchRunner(encoder, cpu), config))
+            [b.features for b in encode_patches(slide, centres, TorchRunner(encoder, cpu), config)]
         )
         small = _SmallGpu(encoder, limit=3)
         small.identity = encoder.identity
-        got = np.concatenate(list(encode_patches(slide, centres, TorchRunner(small, cpu), config)))
+        got = np.concatenate(
+            [b.features for b in encode_patches(slide, centres, TorchRunner(small, cpu), config)]
+        )
     assert np.allclose(got, expected, atol=1e-5)
     assert small.calls[:3] == [12, 6, 3]
     assert max(size for size in small.calls if size <= 3) == 3

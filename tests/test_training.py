@@ -113,7 +113,11 @@ def test_planted_genes_are_recovered_on_a_held_out_section_above_the_ridge_probe
     assert abs(noise.mean()) < 0.15 and noise.abs().max() < 0.35, noise
 
 
-def test_training_resumes_where_it_was_interrupted(planted_sections, tmp_path, monkeypatch):
+def test_training_in_blocks_resumes_where_it_was_interrupted(
+    planted_sections, tmp_path, monkeypatch
+):
+    """Sections of ≈ 190 spots trained in blocks of 60 (as a 200,000-spot section trains in
+    blocks of 10,000): interrupted and resumed, the model is the uninterrupted one."""
     from hespotex import training
 
     config = parse_config(
@@ -125,6 +129,7 @@ def test_training_resumes_where_it_was_interrupted(planted_sections, tmp_path, m
                 "epochs": 12,
                 "patience": 50,
                 "resume_every": 5,
+                "spots_per_step": 60,
             },
         }
     )
