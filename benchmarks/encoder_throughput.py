@@ -8,7 +8,8 @@ uses: PyTorch (on CUDA: bf16 autocast, channels_last, pinned memory) and ONNX Ru
 provider when present, else CPU). Each figure is the best of three timed passes after a
 warm-up; the maximum absolute difference between the two runtimes' features is reported too.
 
-    .venv/bin/python benchmarks/encoder_throughput.py --work /tmp/hespotex-encoder
+    .venv/bin/python benchmarks/encoder_throughput.py --work /tmp/hespotex-encoder \
+        [--slide CMU-1-Small-Region.svs] [--no-onnx] [--batch-size 32]
 
 prints a Markdown table (also written to <work>/encoder_throughput.md).
 """
@@ -28,11 +29,11 @@ REPO = Path(__file__).resolve().parents[1]
 SVS = REPO.parent / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
 
 
-def real_patches(count: int) -> np.ndarray:
+def real_patches(slide_path: Path, count: int) -> np.ndarray:
     from hespotex.patches import iter_patch_batches
     from hespotex.slide import open_slide
 
-    with open_slide(SVS, "svs") as slide:
+    with open_slide(slide_path, "svs") as slide:
         plan = slide.plan(112.0, 0.5)
         width, height = slide.dimensions
         xs = np.linspace(200, width - 200, 8)
@@ -64,24 +65,36 @@ def main() -> None:
     parser.add_argument("--architecture", default="vit-b-32")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--batches", type=int, default=4)
+    parser.add_argument("--slide", type=Path, default=SVS, help="where the real patches come from")
+    parser.add_argument(
+        "--onnx",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time ONNX Runtime (--no-onnx where only its CPU build is installed)",
+    )
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
 
     encoder = load_encoder(EncoderConfig(architecture=args.architecture, weights="random"))
     identity = encoder.identity
-    onnx_path = args.work / f"{args.architecture}-random.onnx"
-    if not onnx_path.exists():
-        export_onnx(encoder, onnx_path, 224)
-    patches = real_patches(args.batch_size * args.batches)
+    patches = real_patches(args.slide, args.batch_size * args.batches)
     batches = [patches[i : i + args.batch_size] for i in range(0, len(patches), args.batch_size)]
 
     device = pick_device("auto")
-    torch_runner = TorchRunner(encoder, device)
-    onnx_runner = OnnxRunner(onnx_path, identity.architecture, identity.weights_sha256, device.type)
-    difference = np.abs(torch_runner(batches[0], SVS) - onnx_runner(batches[0], SVS)).max()
+    runners = {"torch": TorchRunner(encoder, device)}
+    if args.onnx:
+        onnx_path = args.work / f"{args.architecture}-random.onnx"
+        if not onnx_path.exists():
+            export_onnx(encoder, onnx_path, 224)
+        runners["onnx"] = OnnxRunner(
+            onnx_path, identity.architecture, identity.weights_sha256, device.type
+        )
+    comparison = ""
+    if len(runners) == 2:
+        difference = np.abs(runners["torch"](batches[0], SVS) - runners["onnx"](batches[0], SVS))
+        comparison = f"; max |ONNX − torch| = {difference.max():.1e}"
     rates = {
-        torch_runner.describe(): patches_per_second(torch_runner, batches),
-        onnx_runner.describe(): patches_per_second(onnx_runner, batches),
+        runners[name].describe(): patches_per_second(runners[name], batches) for name in runners
     }
     where = (
         torch.cuda.get_device_name(0)
@@ -91,7 +104,7 @@ def main() -> None:
     baseline = next(iter(rates.values()))
     lines = [
         f"Encoder {identity.architecture} (random weights), batch {args.batch_size}, "
-        f"{len(patches)} real patches, on {where}; max |ONNX − torch| = {difference:.1e}",
+        f"{len(patches)} real patches, on {where}{comparison}",
         "",
         "| runtime | patches/s | vs PyTorch |",
         "|---|---|---|",

@@ -20,27 +20,12 @@ import sys
 from pathlib import Path
 
 import yaml
-from timing import run_timed, write_table
+from timing import build_he_pyramid, run_timed, write_table
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 STAGES = ("tissue", "tiles", "features", "graph", "decode")
 SIZES = {"small": 5000, "huge": 20000}
-
-
-def build_slide(path: Path, side: int) -> None:
-    import numpy as np
-    from tiatoolbox.data import stain_norm_target
-
-    from hespotex.demo import write_pyramid_tiff
-
-    tile = stain_norm_target()
-    image = np.full((side, side, 3), 243, dtype=np.uint8)
-    margin = side // 20
-    reps = -(-(side - 2 * margin) // tile.shape[0])
-    tissue = np.tile(tile, (reps, reps, 1))[: side - 2 * margin, : side - 2 * margin]
-    image[margin : side - margin, margin : side - margin] = tissue
-    write_pyramid_tiff(path, image, 0.5)
 
 
 def main() -> None:
@@ -74,7 +59,7 @@ def main() -> None:
     for name, side in SIZES.items():
         slide = work / f"{name}.tif"
         if not slide.exists():
-            build_slide(slide, side)
+            build_he_pyramid(slide, side, side // 20)
         sheet = work / f"{name}.tsv"
         sheet.write_text(f"slide_id\tpath\tmpp\n{name}\t{slide}\t\n")
         config = work / f"{name}.yaml"

@@ -11,7 +11,9 @@ the whole graph at once. Each measurement runs in a fresh process under `/usr/bi
 
     .venv/bin/python benchmarks/model_scaling.py --work /tmp/hespotex-scaling \
         [--decode-spots 50000 200000] [--training-spots 10000 50000 200000] \
-        [--whole-graph-spots 10000 20000 40000]
+        [--whole-graph-spots 10000 20000 40000] [--device cuda]
+
+On a GPU (`--device cuda`) the table adds the peak GPU memory PyTorch allocated.
 
 prints a Markdown table (also written to <work>/table.md).
 """
@@ -42,8 +44,9 @@ def hex_lattice(n_spots: int):
     return np.stack([x, row * 100.0 * np.sqrt(3) / 2], axis=1)
 
 
-def measure_once(kind: str, n_spots: int) -> None:
-    """Run one measurement in this process and print its seconds (without start-up)."""
+def measure_once(kind: str, n_spots: int, device_name: str) -> None:
+    """Run one measurement in this process and print its seconds (without start-up) and the
+    peak GPU memory in MB (0 on CPU)."""
     import torch
 
     from hespotex.config import TrainingConfig
@@ -53,14 +56,16 @@ def measure_once(kind: str, n_spots: int) -> None:
     from hespotex.training import SectionTensors, image_stream_epoch, train_expression_latents
 
     torch.manual_seed(0)
+    device = torch.device(device_name)
     genes = GENES[kind]
     coords = hex_lattice(n_spots)
-    model = ImageStream(ImageStreamShape(FEATURE_DIM, 64, genes, dropout=0.3))
-    features = torch.randn(n_spots, FEATURE_DIM)
+    model = ImageStream(ImageStreamShape(FEATURE_DIM, 64, genes, dropout=0.3)).to(device)
+    features = torch.randn(n_spots, FEATURE_DIM, device=device)
     start = time.perf_counter()
     edges = knn_edges(coords, 4)
     if kind == "decode":
-        prediction = model.eval().predict(features, torch.from_numpy(edges), SPOT_CHUNK)
+        edge_index = torch.from_numpy(edges).to(device)
+        prediction = model.eval().predict(features, edge_index, SPOT_CHUNK)
         assert prediction.shape == (n_spots, genes)
     else:
         config = TrainingConfig(gate_epochs=1)
@@ -68,18 +73,29 @@ def measure_once(kind: str, n_spots: int) -> None:
         gate_edges = knn_edges(coords, config.gate_k, self_loops=True)
         section = SectionTensors(
             section_id="benchmark",
-            expression=torch.rand(n_spots, genes) * 8,
+            expression=torch.rand(n_spots, genes, device=device) * 8,
             features=features,
-            decoder_blocks=spot_blocks(coords, edges, ImageStream.RECEPTIVE_HOPS, spots_per_step),
-            gate_blocks=spot_blocks(
-                coords, gate_edges, ExpressionAutoencoder.RECEPTIVE_HOPS, spots_per_step
-            ),
+            decoder_blocks=[
+                block.to(device)
+                for block in spot_blocks(coords, edges, ImageStream.RECEPTIVE_HOPS, spots_per_step)
+            ],
+            gate_blocks=[
+                block.to(device)
+                for block in spot_blocks(
+                    coords, gate_edges, ExpressionAutoencoder.RECEPTIVE_HOPS, spots_per_step
+                )
+            ],
             nucleus_counts=None,
         )
         train_expression_latents([section], genes, config)
         optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-3)
         image_stream_epoch(model, optimiser, [section])
-    print(f"{time.perf_counter() - start:.2f}")
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        peak_gpu_mb = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak_gpu_mb = 0.0
+    print(f"{time.perf_counter() - start:.2f} {peak_gpu_mb:.0f}")
 
 
 def main() -> None:
@@ -88,24 +104,27 @@ def main() -> None:
     parser.add_argument("--decode-spots", type=int, nargs="*", default=list(DECODE_SPOTS))
     parser.add_argument("--training-spots", type=int, nargs="*", default=list(TRAINING_SPOTS))
     parser.add_argument("--whole-graph-spots", type=int, nargs="*", default=list(WHOLE_GRAPH_SPOTS))
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--one", nargs=2, metavar=("KIND", "SPOTS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        measure_once(args.one[0], int(args.one[1]))
+        measure_once(args.one[0], int(args.one[1]), args.device)
         return
     args.work.mkdir(parents=True, exist_ok=True)
     runs = [("decode", n) for n in args.decode_spots]
     runs += [("training in blocks", n) for n in args.training_spots]
     runs += [("training, whole graph", n) for n in args.whole_graph_spots]
+    on_gpu = args.device.startswith("cuda")
     lines = [
         f"| what ({FEATURE_DIM}-d features) | genes | spots | work (s) | "
-        "work per 1k spots (s) | process wall (s) | peak RSS (MB) | extra MB per 1k extra spots |",
-        "|---|---|---|---|---|---|---|---|",
+        "work per 1k spots (s) | process wall (s) | peak RSS (MB) | extra MB per 1k extra spots |"
+        + (" peak GPU memory (MB) |" if on_gpu else ""),
+        "|---|---|---|---|---|---|---|---|" + ("---|" if on_gpu else ""),
     ]
     baseline = {}
     for kind, n_spots in runs:
         seconds, peak_mb, stdout = run_timed(
-            [sys.executable, __file__, "--one", kind, str(n_spots)]
+            [sys.executable, __file__, "--one", kind, str(n_spots), "--device", args.device]
         )
         baseline.setdefault(kind, (n_spots, peak_mb))
         first_spots, first_mb = baseline[kind]
@@ -114,10 +133,11 @@ def main() -> None:
             if n_spots > first_spots
             else ""
         )
-        work = float(stdout.strip())
+        work, peak_gpu_mb = (float(value) for value in stdout.split()[-2:])
+        gpu_column = f" {peak_gpu_mb:.0f} |" if on_gpu else ""
         lines.append(
             f"| {kind} | {GENES[kind]} | {n_spots:,} | {work:.1f} | {work / n_spots * 1000:.2f} | "
-            f"{seconds:.1f} | {peak_mb:.0f} | {growth} |"
+            f"{seconds:.1f} | {peak_mb:.0f} | {growth} |{gpu_column}"
         )
         print(lines[-1], flush=True)
     write_table(args.work / "table.md", lines)

@@ -34,28 +34,13 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
-from timing import write_table
+from timing import build_he_pyramid, write_table
 
 REPO = Path(__file__).resolve().parents[1]
 SVS = REPO.parent / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
 PATCH_UM, PATCH_MPP = 112.0, 0.5
 METHODS = ("limit", "hespotex", "openslide", "tiatoolbox")
 MIN_SECONDS = 3.0
-
-
-def build_slide(path: Path, side: int) -> None:
-    from tiatoolbox.data import stain_norm_target
-
-    from hespotex.demo import write_pyramid_tiff
-
-    tile = stain_norm_target()
-    image = np.full((side, side, 3), 243, dtype=np.uint8)
-    margin = side // 32
-    reps = -(-(side - 2 * margin) // tile.shape[0])
-    image[margin : side - margin, margin : side - margin] = np.tile(tile, (reps, reps, 1))[
-        : side - 2 * margin, : side - 2 * margin
-    ]
-    write_pyramid_tiff(path, image, 0.5)
 
 
 def spot_grid(slide_path: Path, work: Path) -> np.ndarray:
@@ -225,7 +210,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     pyramid = work / f"he-{args.side}.tif"
     if not pyramid.exists():
-        build_slide(pyramid, args.side)
+        build_he_pyramid(pyramid, args.side, args.side // 32)
     all_cores = len(os.sched_getaffinity(0))
     core_counts = sorted({1, all_cores})
     lines = [

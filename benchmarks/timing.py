@@ -1,25 +1,67 @@
-"""What the benchmarks share: a command's wall time and peak RSS, and writing their tables."""
+"""What the benchmarks share: a command's wall time and peak RSS, writing their tables, and
+building test slides of real H&E pixels."""
 
 from __future__ import annotations
 
-import re
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+# Runs the command as its only child, so the children's peak RSS is the command's own (what
+# `/usr/bin/time -v` reports, without needing it: the GPU machines lack it).
+_MEASURE = """
+import json, resource, subprocess, sys, time
+started = time.perf_counter()
+result = subprocess.run(sys.argv[1:])
+print(json.dumps({
+    "returncode": result.returncode,
+    "seconds": time.perf_counter() - started,
+    "peak_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+}), file=sys.stderr)
+"""
+
 
 def run_timed(command: list[str], cwd: Path | None = None) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS in MB (from `/usr/bin/time -v`) and stdout of ``command``; a
-    failing command ends the benchmark with its output."""
+    """Wall seconds, peak RSS in MB and stdout of ``command``; a failing command ends the
+    benchmark with its output."""
     result = subprocess.run(
-        ["/usr/bin/time", "-v", *command], capture_output=True, text=True, cwd=cwd, check=False
+        [sys.executable, "-c", _MEASURE, *command],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        check=False,
     )
-    if result.returncode != 0:
-        sys.exit(f"{' '.join(command)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
-    peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr)[1])
-    elapsed = re.search(r"Elapsed \(wall clock\) time.*: (?:(\d+):)?(\d+):([\d.]+)", result.stderr)
-    hours, minutes, seconds = (float(part) if part else 0.0 for part in elapsed.groups())
-    return hours * 3600 + minutes * 60 + seconds, peak_kb / 1024, result.stdout
+    *command_stderr, last_line = result.stderr.rstrip("\n").split("\n")
+    measured = json.loads(last_line)
+    if measured["returncode"] != 0:
+        output = "\n".join(command_stderr)
+        sys.exit(f"{' '.join(command)} failed:\n{result.stdout[-2000:]}\n{output[-3000:]}")
+    return measured["seconds"], measured["peak_kb"] / 1024, result.stdout
+
+
+def build_he_pyramid(path: Path, side: int, margin: int, tile_png: Path | None = None) -> None:
+    """A ``side``² JPEG TIFF pyramid at 0.5 µm/px: real H&E pixels (tiatoolbox's stain
+    normalisation target, or ``tile_png`` where tiatoolbox is not installed) tiled over all
+    but a ``margin`` of background."""
+    import numpy as np
+    from PIL import Image
+
+    from hespotex.demo import write_pyramid_tiff
+
+    if tile_png is None:
+        from tiatoolbox.data import stain_norm_target
+
+        tile = stain_norm_target()
+    else:
+        tile = np.asarray(Image.open(tile_png).convert("RGB"))
+    image = np.full((side, side, 3), 243, dtype=np.uint8)
+    inner = side - 2 * margin
+    reps = -(-inner // min(tile.shape[:2]))
+    image[margin : side - margin, margin : side - margin] = np.tile(tile, (reps, reps, 1))[
+        :inner, :inner
+    ]
+    write_pyramid_tiff(path, image, 0.5)
 
 
 def write_table(path: Path, lines: list[str]) -> None:

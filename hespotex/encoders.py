@@ -10,6 +10,7 @@ Features are L2-normalised, as CLIP's ``encode_image(normalize=True)`` returns t
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,9 +82,24 @@ class ImageEncoder(nn.Module):
 
 
 def build_tower(architecture: EncoderArchitecture) -> nn.Module:
-    from open_clip.model import _build_vision_tower
+    return _open_clip_tower_builder()(EMBED_DIM, _VISION_CONFIGS[architecture], quick_gelu=True)
 
-    return _build_vision_tower(EMBED_DIM, _VISION_CONFIGS[architecture], quick_gelu=True)
+
+def _open_clip_tower_builder():
+    """open_clip's vision-tower builder, imported without Hugging Face transformers: open_clip
+    imports it for text towers we never build, and with transformers 5 that costs ≈ 8 s per
+    process on the GPU machine (1.5 s here) — per slide, since every features job is a
+    process. open_clip treats transformers as optional; a later ``import transformers`` by
+    the caller works as usual."""
+    blocked = "transformers" not in sys.modules
+    if blocked:
+        sys.modules["transformers"] = None
+    try:
+        from open_clip.model import _build_vision_tower
+    finally:
+        if blocked:
+            del sys.modules["transformers"]
+    return _build_vision_tower
 
 
 # Ruifrok & Johnston's stain vectors, as scikit-image's rgb2hed uses them.

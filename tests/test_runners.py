@@ -110,3 +110,25 @@ def test_preflight_names_a_missing_onnx_model(tmp_path):
     )
     with pytest.raises(ConfigError, match=r"absent.onnx does not exist; write it with `hespotex"):
         check_run(config)
+
+
+def test_building_an_open_clip_encoder_leaves_transformers_unimported_but_importable():
+    """open_clip would import Hugging Face transformers (seconds per features process, per
+    slide) for text towers never built here; a caller's own import still works after."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from hespotex.config import EncoderConfig\n"
+        "from hespotex.encoders import load_encoder\n"
+        "load_encoder(EncoderConfig(architecture='vit-tiny-32', weights='random'))\n"
+        "assert 'open_clip' in sys.modules and 'transformers' not in sys.modules\n"
+        "import transformers\n"
+        "print(transformers.__name__)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "transformers"

@@ -1,0 +1,149 @@
+"""Feature extraction on a GPU, end to end: `hespotex features` as the pipeline runs it.
+
+A JPEG TIFF pyramid of real H&E pixels at 0.5 µm/px (tiatoolbox's tile, or a PNG of it where
+tiatoolbox is not installed) gets the pipeline's tissue and tiles stages on a 20 µm hexagonal
+grid, then the features stage with the paper's ViT-B/32 architecture (RANDOM weights: none can
+be downloaded here; speed does not depend on the values) on the GPU: reader threads, pinned
+memory, bf16 autocast. While it runs, `nvidia-smi` samples GPU utilisation every 200 ms.
+Patches/s is spots over the stage's own seconds (qc/timings/features.json: after start-up and
+imports); the utilisation is given over the stage's steady part (from the first busy sample
+to the last) and over the whole process.
+
+    python benchmarks/gpu_features.py --work /tmp/hespotex-gpu [--side 12000] \\
+        [--batch-size 256] [--num-workers 12] [--tile tile.png]
+
+prints a Markdown table (also written to <work>/gpu_features.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from timing import build_he_pyramid, write_table
+
+TCGA_SPOTS = 200e6
+
+
+def run_stage(stage: str, config: Path, slide_id: str) -> float:
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "hespotex", stage, "--config", str(config), slide_id], check=True
+    )
+    return time.perf_counter() - started
+
+
+def utilisation_samples(path: Path) -> list[float]:
+    values = []
+    for line in path.read_text().splitlines():
+        try:
+            values.append(float(line.split(",")[0]))
+        except ValueError:
+            continue
+    return values
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/hespotex-gpu"))
+    parser.add_argument("--side", type=int, default=12000, help="slide side in pixels")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--num-workers", type=int, default=min(12, os.cpu_count() or 1))
+    parser.add_argument("--tile", type=Path, help="a PNG of real H&E (without tiatoolbox)")
+    parser.add_argument("--architecture", default="vit-b-32")
+    parser.add_argument("--device", default="cuda")
+    args = parser.parse_args()
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    slide = work / f"he-{args.side}.tif"
+    if not slide.exists():
+        build_he_pyramid(slide, args.side, args.side // 20, args.tile)
+    sheet = work / "samples.tsv"
+    sheet.write_text(f"slide_id\tpath\tmpp\ngpu\t{slide}\t\n")
+    config = work / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "samples": str(sheet),
+                "results": str(work / "results"),
+                "encoder": {"architecture": args.architecture, "weights": "random"},
+                "grid": {"spacing_um": 20.0},
+                "features": {
+                    "device": args.device,
+                    "batch_size": args.batch_size,
+                    "num_workers": args.num_workers,
+                },
+            }
+        )
+    )
+    for stage in ("tissue", "tiles"):
+        run_stage(stage, config, "gpu")
+    samples = work / "nvidia-smi.csv"
+    with samples.open("w") as sink:
+        sampler = (
+            subprocess.Popen(
+                [
+                    "nvidia-smi",
+                    "--query-gpu=utilization.gpu,memory.used",
+                    "--format=csv,noheader,nounits",
+                    "-lms",
+                    "200",
+                ],
+                stdout=sink,
+            )
+            if shutil.which("nvidia-smi")
+            else None
+        )
+        try:
+            process_seconds = run_stage("features", config, "gpu")
+        finally:
+            if sampler is not None:
+                sampler.terminate()
+                sampler.wait()
+    results = work / "results" / "gpu"
+    spots = len((results / "spots.tsv").read_text().splitlines()) - 1
+    stage_seconds = json.loads((results / "qc" / "timings" / "features.json").read_text())[
+        "seconds"
+    ]
+    busy = utilisation_samples(samples)
+    first = next((i for i, value in enumerate(busy) if value > 0), 0)
+    last = len(busy) - next((i for i, value in enumerate(reversed(busy)) if value > 0), 0)
+    steady = busy[first:last] or [0.0]
+    rate = spots / stage_seconds
+    where = (
+        subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        if sampler is not None
+        else "no GPU"
+    )
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    lines = [
+        f"`hespotex features`, {args.architecture} (random weights) on {args.device}, "
+        f"{args.side}² px slide at 0.5 µm/px, {spots:,} spots (224 px patches at 0.5 µm/px), "
+        f"batch {args.batch_size}, {args.num_workers} reader threads, on {where} with "
+        f"{os.cpu_count()} CPU cores",
+        "",
+        "| spots | stage (s) | process (s) | patches/s | GPU busy, steady (%) | "
+        "GPU busy, whole process (%) | peak RSS of a stage (MB) | TCGA, 200 M spots (GPU-h) |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| {spots:,} | {stage_seconds:.1f} | {process_seconds:.1f} | {rate:,.0f} | "
+        f"{sum(steady) / len(steady):.0f} | {sum(busy) / max(1, len(busy)):.0f} | "
+        f"{peak_mb:.0f} | {TCGA_SPOTS / rate / 3600:.1f} |",
+    ]
+    write_table(work / "gpu_features.md", lines)
+
+
+if __name__ == "__main__":
+    main()
