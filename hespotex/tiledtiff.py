@@ -5,7 +5,8 @@ the decoding itself; for the formats that are plain tiled TIFFs (Aperio SVS, gen
 TIFF, OME-TIFF) the tiles can be read with ``os.pread`` and decoded by libjpeg-turbo through
 imagecodecs (the GIL released) with the colour spaces tifffile would use, giving the same
 pixels. Tiles are decoded straight into a fixed-size LRU cache, so a tile shared by
-neighbouring patches and regions is decoded once, and patches are copied out of it.
+neighbouring patches and regions is decoded once, and patches are copied out of it. Copies run
+outside the cache's lock (the slot pinned meanwhile), so reader threads copy in parallel.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class TiledTiffLevels:
         self._slots = np.empty((slots, *tile_shape), dtype=np.uint8)
         self._slot_of: OrderedDict[tuple[int, int], int] = OrderedDict()
         self._free_slots = list(range(slots))
+        self._pins = [0] * slots
         # JPEG tiles are decoded by imagecodecs directly, with the colour spaces tifffile
         # would use (Aperio's RGB JPEG, YCbCr elsewhere); other codecs through tifffile.
         self._jpeg_colorspaces = [
@@ -97,31 +99,31 @@ class TiledTiffLevels:
         self, level: int, index: int, destination: np.ndarray, rows: slice, columns: slice
     ) -> None:
         """``destination[...] = tile[rows, columns]``, decoding the tile only if no cache slot
-        holds it. Copies out of a slot happen under the lock, so no other thread can evict the
-        slot and decode another tile into it meanwhile."""
+        holds it. A slot is pinned while it is decoded into or copied from, so no other
+        thread evicts it meanwhile; the copies themselves run outside the lock (a copy under
+        it made every reader thread wait for every other's: more threads read slower)."""
         key = (level, index)
         while True:
             with self._lock:
                 slot = self._slot_of.get(key)
                 if slot is not None:
                     self._slot_of.move_to_end(key)
-                    destination[...] = self._slots[slot][rows, columns]
-                    return
+                    self._pins[slot] += 1
+                    break
                 decoding = self._decoding.get(key)
                 if decoding is None:
                     self._decoding[key] = threading.Event()
                     break
             decoding.wait()  # another thread decodes this tile: take its result
+        if slot is not None:
+            self._copy_pinned(slot, destination, rows, columns)
+            return
         page = self.pages[level]
         try:
-            slot = None
             if (page.tilelength, page.tilewidth, 3) == self._slots.shape[1:]:
                 with self._lock:
-                    if self._free_slots:
-                        slot = self._free_slots.pop()
-                    elif self._slot_of:
-                        _, slot = self._slot_of.popitem(last=False)
-            if slot is None:  # another tile shape, or every slot is being decoded into
+                    slot = self._claim_slot()
+            if slot is None:  # another tile shape, or every slot is in use
                 destination[...] = self._decode(level, index)[rows, columns]
                 return
             try:
@@ -130,14 +132,36 @@ class TiledTiffLevels:
                 self._decode(level, index, out=self._slots[slot])
             except BaseException:
                 with self._lock:
+                    self._pins[slot] -= 1
                     self._free_slots.append(slot)
                 raise
             with self._lock:
                 self._slot_of[key] = slot
-                destination[...] = self._slots[slot][rows, columns]
+            self._copy_pinned(slot, destination, rows, columns)
         finally:
             with self._lock:
                 self._decoding.pop(key).set()
+
+    def _claim_slot(self) -> int | None:
+        """A free slot, else the least recently used one nobody has pinned, pinned for the
+        caller (under the lock); None when every slot is pinned."""
+        slot = self._free_slots.pop() if self._free_slots else None
+        if slot is None:
+            for key, candidate in self._slot_of.items():
+                if self._pins[candidate] == 0:
+                    del self._slot_of[key]
+                    slot = candidate
+                    break
+        if slot is not None:
+            self._pins[slot] += 1
+        return slot
+
+    def _copy_pinned(self, slot: int, destination: np.ndarray, rows: slice, columns: slice) -> None:
+        try:
+            destination[...] = self._slots[slot][rows, columns]
+        finally:
+            with self._lock:
+                self._pins[slot] -= 1
 
     def _decode(self, level: int, index: int, out: np.ndarray | None = None) -> np.ndarray:
         page = self.pages[level]
