@@ -9,14 +9,17 @@ from snakemake.utils import validate
 from hespotex import spatialdata_export
 from hespotex.config import SLIDE_ID_PATTERN, parse_config
 from hespotex.errors import HespotexError
-from hespotex.paths import STAGES, CohortPaths, SlidePaths
+from hespotex.paths import CohortPaths, SlidePaths
 from hespotex.preflight import check_run, write_run_config
 
 
 validate(config, schema="../schemas/config.schema.yaml")
+# The sheet is only checked here (check_run reads it); filling in schema defaults, which
+# builds a validator per row, would be wasted on a 10,000-row sheet.
 validate(
     pd.read_csv(config["samples"], sep="\t", dtype={"slide_id": str, "path": str}, comment="#"),
     schema="../schemas/samples.schema.yaml",
+    set_default=False,
 )
 try:
     SETTINGS = parse_config(config, "config")

@@ -1,3 +1,6 @@
+# The earlier stages' timings (qc/timings/) go into qc.json when present but are not inputs:
+# each is written by a job already upstream through features, graph, spots or the tissue
+# files, so as inputs they only added four DAG edges per slide (see benchmarks/RESULTS.md).
 rule decode:
     input:
         slide_file,
@@ -8,7 +11,6 @@ rule decode:
         thumbnail=PATHS.thumbnail,
         mask=PATHS.tissue_mask,
         checkpoint=str(SETTINGS.decode.checkpoint),
-        timings=[PATHS.stage_timing(stage) for stage in STAGES[:-1]],
     output:
         expression=PATHS.expression,
         qupath=PATHS.qupath,
