@@ -52,14 +52,15 @@ ENV = "../../envs/hespotex.yaml"
 SPATIALDATA_EXPORTER = spatialdata_export.__file__
 
 
-def cluster_resources(job, gpus=0):
-    """What a job asks a cluster for; the SLURM executor plugin reads these names."""
+def cluster_resources(job, gpus=0, stages=1):
+    """What a job asks a cluster for; the SLURM executor plugin reads these names. A rule
+    running `stages` of a slide's stages one after another asks for their summed run time."""
     cluster = SETTINGS.cluster
     requested = {
         "slide_slot": 1,
         "cpus_per_task": job.cpus,
         "mem_mb": job.mem_mb,
-        "runtime": job.runtime_min,
+        "runtime": job.runtime_min * stages,
         "slurm_partition": cluster.partition,
         "slurm_account": cluster.account,
         "gpu": gpus or None,
@@ -78,7 +79,7 @@ wildcard_constraints:
 
 
 def slide_file(wildcards):
-    """The slide as input when it exists; a missing file fails its own tissue job with a
+    """The slide as input when it exists; a missing file fails its own tissue stage with a
     message naming it, instead of stopping the whole cohort at DAG building."""
     path = SAMPLES[wildcards.slide].slide_path
     return [str(path)] if path.exists() else []
