@@ -1,6 +1,7 @@
 # HESpotEx: slide sheet -> tissue -> tiles -> features -> graph -> decode -> results/{slide}/,
 # then the cohort tables in results/cohort/; `snakemake --report report.html` gathers the QC
-# overlays, heatmaps, top patches and the summary table.
+# overlays, heatmaps, top patches and the summary table. Three rules per slide: prepare
+# (tissue, tiles), features, predict (graph, decode).
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -29,11 +30,9 @@ rule all:
     default_target: True
 
 
-include: "workflow/rules/tissue.smk"
-include: "workflow/rules/tiling.smk"
+include: "workflow/rules/prepare.smk"
 include: "workflow/rules/features.smk"
-include: "workflow/rules/graph.smk"
-include: "workflow/rules/decode.smk"
+include: "workflow/rules/predict.smk"
 include: "workflow/rules/export.smk"
 include: "workflow/rules/cohort.smk"
 

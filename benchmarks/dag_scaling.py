@@ -130,7 +130,7 @@ def main() -> None:
         # the DAG of its target jobs (snakemake-executor-plugin-slurm issue #215).
         remote_seconds, remote_peak, _ = run_timed(
             [snakemake, "-n", "--cores", "1", "--configfile", str(config), "--target-jobs",
-             "tissue:slide=slide000000", "--allowed-rules", "tissue"],
+             "prepare:slide=slide000000", "--allowed-rules", "prepare"],
             REPO,
         )  # fmt: skip
         lines.append(

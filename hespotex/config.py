@@ -270,7 +270,7 @@ class OutputsConfig(_Section):
 
 
 class JobResources(_Section):
-    """What one job of a stage asks the cluster for."""
+    """What one slide's stage asks the cluster for; a job of two stages adds their run times."""
 
     cpus: int = Field(1, ge=1, le=512, description="CPUs per job")
     mem_mb: int = Field(4000, ge=100, description="memory per job in MB")
@@ -290,7 +290,7 @@ class ClusterConfig(_Section):
     )
     light: JobResources = Field(
         JobResources(cpus=1, mem_mb=4000, runtime_min=5),
-        description="each tissue, tiles, graph and decode job (one slide)",
+        description="each tissue, tiles, graph and decode stage (one slide)",
     )
     features: JobResources = Field(
         JobResources(cpus=8, mem_mb=16000, runtime_min=20),

@@ -104,7 +104,7 @@ def test_every_rule_went_through_sbatch_in_grouped_jobs(local_and_slurm_runs):
     folder, _, _, log = local_and_slurm_runs["slurm"]
     job_ids = submitted_job_ids(log)
     # Two slides: one "prepare" (tissue + tiles), one "encode" (features) and one "predict"
-    # (graph + decode) job, instead of ten; then the cohort tables' job.
+    # (graph + decode) submission, instead of six jobs; then the cohort tables' job.
     assert len(job_ids) == 4, log[-3000:]
     for group in ("prepare", "encode", "predict"):
         assert f"group_{group}" in log

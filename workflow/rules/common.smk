@@ -9,14 +9,17 @@ from snakemake.utils import validate
 from hespotex import spatialdata_export
 from hespotex.config import SLIDE_ID_PATTERN, parse_config
 from hespotex.errors import HespotexError
-from hespotex.paths import STAGES, CohortPaths, SlidePaths
+from hespotex.paths import CohortPaths, SlidePaths
 from hespotex.preflight import check_run, write_run_config
 
 
 validate(config, schema="../schemas/config.schema.yaml")
+# The sheet is only checked here (check_run reads it); filling in schema defaults, which
+# builds a validator per row, would be wasted on a 10,000-row sheet.
 validate(
     pd.read_csv(config["samples"], sep="\t", dtype={"slide_id": str, "path": str}, comment="#"),
     schema="../schemas/samples.schema.yaml",
+    set_default=False,
 )
 try:
     SETTINGS = parse_config(config, "config")
@@ -49,14 +52,15 @@ ENV = "../../envs/hespotex.yaml"
 SPATIALDATA_EXPORTER = spatialdata_export.__file__
 
 
-def cluster_resources(job, gpus=0):
-    """What a job asks a cluster for; the SLURM executor plugin reads these names."""
+def cluster_resources(job, gpus=0, stages=1):
+    """What a job asks a cluster for; the SLURM executor plugin reads these names. A rule
+    running `stages` of a slide's stages one after another asks for their summed run time."""
     cluster = SETTINGS.cluster
     requested = {
         "slide_slot": 1,
         "cpus_per_task": job.cpus,
         "mem_mb": job.mem_mb,
-        "runtime": job.runtime_min,
+        "runtime": job.runtime_min * stages,
         "slurm_partition": cluster.partition,
         "slurm_account": cluster.account,
         "gpu": gpus or None,
@@ -75,7 +79,7 @@ wildcard_constraints:
 
 
 def slide_file(wildcards):
-    """The slide as input when it exists; a missing file fails its own tissue job with a
+    """The slide as input when it exists; a missing file fails its own tissue stage with a
     message naming it, instead of stopping the whole cohort at DAG building."""
     path = SAMPLES[wildcards.slide].slide_path
     return [str(path)] if path.exists() else []
