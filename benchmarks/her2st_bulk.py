@@ -32,7 +32,6 @@ import yaml
 from hespotex.bulk import column_correlation
 from hespotex.checkpoint import read_checkpoint_meta
 from hespotex.paths import CohortPaths
-from hespotex.sections import log_normalise
 
 REPO = Path(__file__).resolve().parents[1]
 HER2ST = (REPO.parent / "shared" / "data" / "her2st").resolve()
@@ -50,7 +49,11 @@ def measured_pseudobulk(genes: list[str]) -> pd.DataFrame:
     rows = {}
     for section in SECTIONS:
         counts = pd.read_csv(HER2ST / section / "counts.tsv.gz", sep="\t", index_col=0)
-        normalised = log_normalise(counts.to_numpy(dtype=np.float64))
+        values = counts.to_numpy(dtype=np.float64)
+        totals = values.sum(axis=1, keepdims=True)
+        # CPM + log1p, as hespotex.sections.Section.log_expression normalises training data.
+        scale = np.divide(1e6, totals, out=np.zeros_like(totals), where=totals > 0)
+        normalised = np.log1p(values * scale)
         profile = pd.Series(normalised.mean(axis=0), index=counts.columns)
         # The count tables leave out genes without a single UMI in the section.
         rows[section] = profile.reindex(genes, fill_value=0.0)
