@@ -10,11 +10,12 @@ from pathlib import Path
 
 # Runs the command as its only child, so the children's peak RSS is the command's own (what
 # `/usr/bin/time -v` reports, without needing it: the GPU machines lack it).
-_MEASURE = """
+_MEASURE = r"""
 import json, resource, subprocess, sys, time
 started = time.perf_counter()
 result = subprocess.run(sys.argv[1:])
-print(json.dumps({
+# On a line of its own, whatever the command left unterminated on stderr (progress bars).
+print("\n" + json.dumps({
     "returncode": result.returncode,
     "seconds": time.perf_counter() - started,
     "peak_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
@@ -33,7 +34,10 @@ def run_timed(command: list[str], cwd: Path | None = None) -> tuple[float, float
         check=False,
     )
     *command_stderr, last_line = result.stderr.rstrip("\n").split("\n")
-    measured = json.loads(last_line)
+    try:
+        measured = json.loads(last_line)
+    except json.JSONDecodeError:
+        measured = {"returncode": None}
     if measured["returncode"] != 0:
         output = "\n".join(command_stderr)
         sys.exit(f"{' '.join(command)} failed:\n{result.stdout[-2000:]}\n{output[-3000:]}")
