@@ -51,9 +51,13 @@ def measure_once(kind: str, n_spots: int, device_name: str) -> None:
 
     from hespotex.config import TrainingConfig
     from hespotex.graph import knn_edges
-    from hespotex.model import ExpressionAutoencoder, ImageStream, ImageStreamShape
-    from hespotex.subgraphs import spot_blocks
-    from hespotex.training import SectionTensors, image_stream_epoch, train_expression_latents
+    from hespotex.model import ImageStream, ImageStreamShape
+    from hespotex.training import (
+        SectionTensors,
+        image_stream_epoch,
+        section_blocks,
+        train_expression_latents,
+    )
 
     torch.manual_seed(0)
     device = torch.device(device_name)
@@ -62,29 +66,22 @@ def measure_once(kind: str, n_spots: int, device_name: str) -> None:
     model = ImageStream(ImageStreamShape(FEATURE_DIM, 64, genes, dropout=0.3)).to(device)
     features = torch.randn(n_spots, FEATURE_DIM, device=device)
     start = time.perf_counter()
-    edges = knn_edges(coords, 4)
     if kind == "decode":
-        edge_index = torch.from_numpy(edges).to(device)
+        edge_index = torch.from_numpy(knn_edges(coords, 4)).to(device)
         prediction = model.eval().predict(features, edge_index, SPOT_CHUNK)
         assert prediction.shape == (n_spots, genes)
     else:
         config = TrainingConfig(gate_epochs=1)
         spots_per_step = config.spots_per_step if kind == "training in blocks" else n_spots
-        gate_edges = knn_edges(coords, config.gate_k, self_loops=True)
+        decoder_blocks, gate_blocks = section_blocks(
+            coords, 4, config.gate_k, spots_per_step, device
+        )
         section = SectionTensors(
             section_id="benchmark",
             expression=torch.rand(n_spots, genes, device=device) * 8,
             features=features,
-            decoder_blocks=[
-                block.to(device)
-                for block in spot_blocks(coords, edges, ImageStream.RECEPTIVE_HOPS, spots_per_step)
-            ],
-            gate_blocks=[
-                block.to(device)
-                for block in spot_blocks(
-                    coords, gate_edges, ExpressionAutoencoder.RECEPTIVE_HOPS, spots_per_step
-                )
-            ],
+            decoder_blocks=decoder_blocks,
+            gate_blocks=gate_blocks,
             nucleus_counts=None,
         )
         train_expression_latents([section], genes, config)

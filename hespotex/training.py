@@ -161,26 +161,39 @@ def encode_sections(
     return encoded
 
 
-def section_tensors(
-    encoded: EncodedSection, genes: list[str], config: PipelineConfig, device: torch.device
-) -> SectionTensors:
-    coords = encoded.section.centres_px
-    spots_per_step = config.training.spots_per_step
+def section_blocks(
+    coords: np.ndarray, decoder_k: int, gate_k: int, spots_per_step: int, device: torch.device
+) -> tuple[list[SpotBlock], list[SpotBlock]]:
+    """The section's spatial blocks over the image stream's kNN graph and over the
+    autoencoder's (with self loops), each block with the receptive field of its model."""
 
     def blocks(edge_index: np.ndarray, hops: int) -> list[SpotBlock]:
         return [block.to(device) for block in spot_blocks(coords, edge_index, hops, spots_per_step)]
 
+    return (
+        blocks(knn_edges(coords, decoder_k), ImageStream.RECEPTIVE_HOPS),
+        blocks(knn_edges(coords, gate_k, self_loops=True), ExpressionAutoencoder.RECEPTIVE_HOPS),
+    )
+
+
+def section_tensors(
+    encoded: EncodedSection, genes: list[str], config: PipelineConfig, device: torch.device
+) -> SectionTensors:
+    decoder_blocks, gate_blocks = section_blocks(
+        encoded.section.centres_px,
+        config.graph.k,
+        config.training.gate_k,
+        config.training.spots_per_step,
+        device,
+    )
     return SectionTensors(
         section_id=encoded.section_id,
         expression=torch.tensor(
             encoded.section.log_expression(genes), dtype=torch.float32, device=device
         ),
         features=torch.tensor(encoded.features, dtype=torch.float32, device=device),
-        decoder_blocks=blocks(knn_edges(coords, config.graph.k), ImageStream.RECEPTIVE_HOPS),
-        gate_blocks=blocks(
-            knn_edges(coords, config.training.gate_k, self_loops=True),
-            ExpressionAutoencoder.RECEPTIVE_HOPS,
-        ),
+        decoder_blocks=decoder_blocks,
+        gate_blocks=gate_blocks,
         nucleus_counts=None
         if encoded.nucleus_counts is None
         else torch.tensor(encoded.nucleus_counts, device=device),

@@ -18,6 +18,7 @@ from hespotex.training import (
     autoencoder_latent,
     blockwise_rows,
     image_stream_prediction,
+    section_blocks,
 )
 
 N_SPOTS = 400
@@ -73,21 +74,16 @@ def test_a_small_section_is_one_block_of_the_whole_graph():
 
 
 def section_in_blocks(core_spots: int, nucleus_counts: bool = False) -> SectionTensors:
-    coords = hexagonal_spots(N_SPOTS)
+    decoder_blocks, gate_blocks = section_blocks(
+        hexagonal_spots(N_SPOTS), 4, 8, core_spots, torch.device("cpu")
+    )
     generator = torch.Generator().manual_seed(3)
     return SectionTensors(
         section_id="blocks",
         expression=torch.rand(N_SPOTS, N_GENES, generator=generator) * 5,
         features=torch.randn(N_SPOTS, 16, generator=generator),
-        decoder_blocks=spot_blocks(
-            coords, knn_edges(coords, 4), ImageStream.RECEPTIVE_HOPS, core_spots
-        ),
-        gate_blocks=spot_blocks(
-            coords,
-            knn_edges(coords, 8, self_loops=True),
-            ExpressionAutoencoder.RECEPTIVE_HOPS,
-            core_spots,
-        ),
+        decoder_blocks=decoder_blocks,
+        gate_blocks=gate_blocks,
         nucleus_counts=torch.randint(0, 25, (N_SPOTS,), generator=generator).float()
         if nucleus_counts
         else None,
