@@ -42,13 +42,13 @@ def real_patches(slide_path: Path, count: int) -> np.ndarray:
         return np.concatenate(list(iter_patch_batches(slide, centres, plan, 64, 2)))
 
 
-def patches_per_second(runner, batches: list[np.ndarray]) -> float:
-    runner(batches[0], SVS)
+def patches_per_second(runner, batches: list[np.ndarray], slide_path: Path) -> float:
+    runner(batches[0], slide_path)
     best = float("inf")
     for _ in range(3):
         started = time.perf_counter()
         for batch in batches:
-            runner(batch, SVS)
+            runner(batch, slide_path)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - started)
@@ -91,10 +91,13 @@ def main() -> None:
         )
     comparison = ""
     if len(runners) == 2:
-        difference = np.abs(runners["torch"](batches[0], SVS) - runners["onnx"](batches[0], SVS))
+        difference = np.abs(
+            runners["torch"](batches[0], args.slide) - runners["onnx"](batches[0], args.slide)
+        )
         comparison = f"; max |ONNX − torch| = {difference.max():.1e}"
     rates = {
-        runners[name].describe(): patches_per_second(runners[name], batches) for name in runners
+        runners[name].describe(): patches_per_second(runners[name], batches, args.slide)
+        for name in runners
     }
     where = (
         torch.cuda.get_device_name(0)

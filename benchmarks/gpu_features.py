@@ -20,25 +20,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import yaml
-from timing import build_he_pyramid, write_table
+from timing import build_he_pyramid, run_timed, write_table
 
 TCGA_SPOTS = 200e6
 
 
-def run_stage(stage: str, config: Path, slide_id: str) -> float:
-    started = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-m", "hespotex", stage, "--config", str(config), slide_id], check=True
+def run_stage(stage: str, config: Path, slide_id: str) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of one `hespotex` stage, as the pipeline runs it."""
+    seconds, peak_mb, _ = run_timed(
+        [sys.executable, "-m", "hespotex", stage, "--config", str(config), slide_id]
     )
-    return time.perf_counter() - started
+    return seconds, peak_mb
 
 
 def utilisation_samples(path: Path) -> list[float]:
@@ -103,7 +101,7 @@ def main() -> None:
             else None
         )
         try:
-            process_seconds = run_stage("features", config, "gpu")
+            process_seconds, peak_mb = run_stage("features", config, "gpu")
         finally:
             if sampler is not None:
                 sampler.terminate()
@@ -128,7 +126,6 @@ def main() -> None:
         if sampler is not None
         else "no GPU"
     )
-    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     lines = [
         f"`hespotex features`, {args.architecture} (random weights) on {args.device}, "
         f"{args.side}² px slide at 0.5 µm/px, {spots:,} spots (224 px patches at 0.5 µm/px), "
@@ -136,7 +133,7 @@ def main() -> None:
         f"{os.cpu_count()} CPU cores",
         "",
         "| spots | stage (s) | process (s) | patches/s | GPU busy, steady (%) | "
-        "GPU busy, whole process (%) | peak RSS of a stage (MB) | TCGA, 200 M spots (GPU-h) |",
+        "GPU busy, whole process (%) | peak RSS of features (MB) | TCGA, 200 M spots (GPU-h) |",
         "|---|---|---|---|---|---|---|---|",
         f"| {spots:,} | {stage_seconds:.1f} | {process_seconds:.1f} | {rate:,.0f} | "
         f"{sum(steady) / len(steady):.0f} | {sum(busy) / max(1, len(busy)):.0f} | "
