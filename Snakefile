@@ -1,7 +1,7 @@
-# HESpotEx: slide sheet -> tissue -> tiles -> features -> graph -> decode -> results/{slide}/,
-# then the cohort tables in results/cohort/; `snakemake --report report.html` gathers the QC
-# overlays, heatmaps, top patches and the summary table. Three rules per slide: prepare
-# (tissue, tiles), features, predict (graph, decode).
+# HESpotEx: slide sheet -> tissue -> tiles -> features -> graph -> decode -> outputs ->
+# results/{slide}/, then the cohort tables in results/cohort/; `snakemake --report report.html`
+# gathers the QC overlays, heatmaps, top patches and the summary table. Three rules per slide:
+# prepare (tissue, tiles), features, predict (graph, decode, outputs).
 from snakemake.utils import min_version
 
 min_version("9.0")

@@ -30,8 +30,8 @@ SVS = REPO.parent / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
 
 
 def real_patches(slide_path: Path, count: int) -> np.ndarray:
-    from hespotex.patches import iter_patch_batches
-    from hespotex.slide import open_slide
+    from hespotex.io.patches import iter_patch_batches
+    from hespotex.io.slide import open_slide
 
     with open_slide(slide_path, "svs") as slide:
         plan = slide.plan(112.0, 0.5)
@@ -57,8 +57,8 @@ def patches_per_second(runner, batches: list[np.ndarray], slide_path: Path) -> f
 
 def main() -> None:
     from hespotex.config import EncoderConfig
-    from hespotex.encoders import load_encoder, pick_device
-    from hespotex.runners import OnnxRunner, TorchRunner, export_onnx
+    from hespotex.model.encoders import load_encoder
+    from hespotex.model.runners import OnnxRunner, TorchRunner, export_onnx, pick_device
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/hespotex-encoder"))
@@ -86,9 +86,7 @@ def main() -> None:
         onnx_path = args.work / f"{args.architecture}-random.onnx"
         if not onnx_path.exists():
             export_onnx(encoder, onnx_path, 224)
-        runners["onnx"] = OnnxRunner(
-            onnx_path, identity.architecture, identity.weights_sha256, device.type
-        )
+        runners["onnx"] = OnnxRunner(onnx_path, identity, device.type)
     comparison = ""
     if len(runners) == 2:
         difference = np.abs(

@@ -29,9 +29,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from hespotex.bulk import column_correlation
-from hespotex.checkpoint import read_checkpoint_meta
+from hespotex.model.checkpoint import read_checkpoint_meta
 from hespotex.paths import CohortPaths
+from hespotex.training.bulk import column_correlation
 
 REPO = Path(__file__).resolve().parents[1]
 HER2ST = (REPO.parent / "shared" / "data" / "her2st").resolve()

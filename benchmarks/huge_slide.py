@@ -46,7 +46,7 @@ def main() -> None:
     config_for_training.write_text(yaml.safe_dump(settings))
     checkpoint = work / "model.safetensors"
     if not checkpoint.exists():
-        from hespotex.demo import build_training
+        from hespotex.training.demo import build_training
 
         build_training(work, SHARED)
         run_timed(

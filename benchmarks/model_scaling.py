@@ -2,7 +2,7 @@
 
 Decoding: the image stream (QuiltNet-sized 512-d features, random values; a real spot graph,
 the sparse kNN k = 4 of a 100 µm hexagonal lattice) predicts every spot of a slide, chunk by
-chunk, as the decode stage does. Training, through `hespotex.training`'s own functions: one
+chunk, as the decode stage does. Training, through `hespotex.training.fit`'s own functions: one
 step of the expression autoencoder (G → 512 → 64, k = 8 with self loops), reading every
 spot's expression latent, then one step of the image stream, on one section of N spots —
 in spatial blocks of `training.spots_per_step` spots (the default), and for comparison on
@@ -50,14 +50,10 @@ def measure_once(kind: str, n_spots: int, device_name: str) -> None:
     import torch
 
     from hespotex.config import TrainingConfig
-    from hespotex.graph import knn_edges
-    from hespotex.model import ImageStream, ImageStreamShape
-    from hespotex.training import (
-        SectionTensors,
-        image_stream_epoch,
-        section_blocks,
-        train_expression_latents,
-    )
+    from hespotex.model.spot_graph import knn_edges
+    from hespotex.model.streams import ImageStream, ImageStreamShape
+    from hespotex.training.data import SectionTensors, section_blocks
+    from hespotex.training.loops import image_stream_epoch, train_expression_latents
 
     torch.manual_seed(0)
     device = torch.device(device_name)

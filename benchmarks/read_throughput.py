@@ -46,10 +46,10 @@ MIN_SECONDS = 3.0
 def spot_grid(slide_path: Path, work: Path) -> np.ndarray:
     """Spot centres (level-0 px) from the pipeline's own tissue and tiles stages."""
     from hespotex.config import parse_config
+    from hespotex.io.slide import open_slide
     from hespotex.paths import SlidePaths
-    from hespotex.slide import open_slide
-    from hespotex.tiling import read_spots, run_tiles
-    from hespotex.tissue import run_tissue
+    from hespotex.stages.tiles import read_spots, run_tiles
+    from hespotex.stages.tissue import run_tissue
 
     slide_id = slide_path.stem.replace(".", "-")
     config = parse_config(
@@ -67,7 +67,7 @@ def needed_tiles(slide_path: Path, centres: np.ndarray) -> tuple[list[int], int]
     slides), and the patch side in level-0 pixels."""
     import tifffile
 
-    from hespotex.slide import field_origins, open_slide
+    from hespotex.io.slide import field_origins, open_slide
 
     with open_slide(slide_path, "limit") as slide:
         plan = slide.plan(PATCH_UM, PATCH_MPP)
@@ -116,7 +116,7 @@ def openslide_loop(slide_path: str, centres: np.ndarray, side: int) -> int:
 def tiatoolbox_loop(slide_path: str, centres: np.ndarray, side: int) -> int:
     from tiatoolbox.wsicore.wsireader import WSIReader
 
-    from hespotex.slide import open_slide
+    from hespotex.io.slide import open_slide
 
     # tiatoolbox reads no mpp from a generic TIFF's resolution tags; give it ours.
     with open_slide(slide_path, "tiatoolbox") as slide:
@@ -133,8 +133,8 @@ def tiatoolbox_loop(slide_path: str, centres: np.ndarray, side: int) -> int:
 
 
 def hespotex_reader(slide_path: str, centres: np.ndarray, workers: int) -> int:
-    from hespotex.patches import iter_patch_batches
-    from hespotex.slide import open_slide
+    from hespotex.io.patches import iter_patch_batches
+    from hespotex.io.slide import open_slide
 
     with open_slide(slide_path, "bench") as slide:
         plan = slide.plan(PATCH_UM, PATCH_MPP)

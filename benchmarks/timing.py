@@ -51,7 +51,7 @@ def build_he_pyramid(path: Path, side: int, margin: int, tile_png: Path | None =
     import numpy as np
     from PIL import Image
 
-    from hespotex.demo import write_pyramid_tiff
+    from hespotex.io.pyramids import write_pyramid_tiff
 
     if tile_png is None:
         from tiatoolbox.data import stain_norm_target

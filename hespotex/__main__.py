@@ -1,3 +1,3 @@
-from hespotex.cli import main
+from hespotex.cli.main import main
 
 raise SystemExit(main())

@@ -1,8 +1,8 @@
 """Typed pipeline configuration and sample sheet.
 
 One pydantic model validates ``config/config.yaml`` (unknown keys are errors), and is passed
-whole into the stages. The JSON schemas in ``workflow/schemas/`` are generated from these
-models (``hespotex schema``), so Snakemake's ``validate`` and the package agree.
+whole into the stages; the sample sheet is validated row by row by ``SampleRow``. These are
+the only validators: the Snakefile calls them too, before any job starts.
 """
 
 from __future__ import annotations
@@ -290,7 +290,7 @@ class ClusterConfig(_Section):
     )
     light: JobResources = Field(
         JobResources(cpus=1, mem_mb=4000, runtime_min=5),
-        description="each tissue, tiles, graph and decode stage (one slide)",
+        description="each tissue, tiles, graph, decode and outputs stage (one slide)",
     )
     features: JobResources = Field(
         JobResources(cpus=8, mem_mb=16000, runtime_min=20),

@@ -86,3 +86,8 @@ class OutputWriteError(HespotexError):
 
 class CheckpointError(InputDataError):
     """A checkpoint is unreadable, incompatible or unsafe."""
+
+
+class EncoderMismatchError(InputDataError):
+    """A checkpoint, ONNX model or feature store was made with another encoder (or other
+    weights) than the one it is used with."""

@@ -11,7 +11,8 @@ from pathlib import Path
 
 # The cohort tables' folder beside the slides' folders; no slide may take its name.
 COHORT_FOLDER = "cohort"
-STAGES = ("tissue", "tiles", "features", "graph", "decode")
+# The stages a slide goes through, in order; each is a `hespotex` sub-command with its own log.
+STAGES = ("tissue", "tiles", "features", "graph", "decode", "outputs")
 
 
 @dataclass(frozen=True)
@@ -102,5 +103,15 @@ class CohortPaths:
         return self.root / "pseudobulk.tsv"
 
 
-def log_path(logs: Path, stage: str, slide_id: str) -> Path:
-    return Path(logs) / stage / f"{slide_id}.log"
+@dataclass(frozen=True)
+class LogPaths:
+    """Where each stage's log of a slide goes, and the cohort rule's."""
+
+    logs: Path
+
+    def stage(self, stage: str, slide_id: str) -> Path:
+        return Path(self.logs) / stage / f"{slide_id}.log"
+
+    @property
+    def cohort(self) -> Path:
+        return Path(self.logs) / "cohort.log"

@@ -24,6 +24,10 @@ NDPI = SLIDES / "test3-DAPI-2-387.ndpi"
 OPENSLIDE_REJECTS = SLIDES / "TCGA-XK-AAJU-small.dcm"
 
 TEST_ENCODER = {"architecture": "vit-tiny-32", "weights": "random", "seed": 0}
+# CI sets these to 1 so that the tests needing them fail instead of skipping.
+REQUIRE_VIEWERS = "HESPOTEX_REQUIRE_VIEWERS"
+REQUIRE_SLURM = "HESPOTEX_REQUIRE_SLURM"
+REQUIRE_MOUNT = "HESPOTEX_REQUIRE_MOUNT"
 VIEWERS_PYTHON = REPO / ".venv-viewers" / "bin" / "python"
 
 
@@ -58,7 +62,7 @@ def tissue_on_glass(he_tile: np.ndarray, size: tuple[int, int], box: tuple[int, 
 def small_pyramids(tmp_path_factory, he_tile) -> dict[str, Path]:
     """Pyramidal JPEG TIFFs of real H&E pixels: one at 0.25 µm/px with resolution tags,
     one without any resolution (its mpp must come from the sheet)."""
-    from hespotex.demo import write_pyramid_tiff
+    from hespotex.io.pyramids import write_pyramid_tiff
 
     folder = tmp_path_factory.mktemp("pyramids")
     tagged = folder / "tagged-40x.tif"
@@ -73,11 +77,11 @@ def small_pyramids(tmp_path_factory, he_tile) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def trained_checkpoint(tmp_path_factory) -> Path:
     """A small checkpoint trained by `hespotex train` on the demo's planted B4 sections."""
-    from hespotex.checkpoint import save_checkpoint
     from hespotex.config import parse_config
-    from hespotex.demo import build_training
-    from hespotex.sections import read_sections_sheet
-    from hespotex.training import train
+    from hespotex.model.checkpoint import save_checkpoint
+    from hespotex.training.demo import build_training
+    from hespotex.training.fit import train
+    from hespotex.training.sections import read_sections_sheet
 
     folder = tmp_path_factory.mktemp("training")
     build_training(folder, SHARED_DATA)
@@ -96,13 +100,50 @@ def trained_checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def decoded(tmp_path_factory, trained_checkpoint):
+    """The real Aperio slide through every stage with the trained checkpoint."""
+    from hespotex.config import parse_config
+    from hespotex.io.slide import open_slide
+    from hespotex.outputs.per_slide import write_slide_outputs
+    from hespotex.paths import SlidePaths
+    from hespotex.stages.decode import run_decode
+    from hespotex.stages.features import run_features
+    from hespotex.stages.graph import run_graph
+    from hespotex.stages.tiles import run_tiles
+    from hespotex.stages.tissue import run_tissue
+
+    results = tmp_path_factory.mktemp("decoded")
+    config = parse_config(
+        {
+            "encoder": TEST_ENCODER,
+            "results": str(results),
+            "decode": {"checkpoint": str(trained_checkpoint), "spot_chunk": 13},
+            "outputs": {"genes": ["PLANTED_HEMATOXYLIN"]},
+        }
+    )
+    with open_slide(SVS, "svs") as slide:
+        run_tissue(slide, "svs", config)
+        run_tiles("svs", config)
+        run_features(slide, "svs", config)
+        run_graph("svs", config)
+        run_decode("svs", config)
+        write_slide_outputs(slide, "svs", config)
+    return config, SlidePaths(results, "svs")
+
+
+def unavailable(reason: str, switch: str):
+    """Skip a test that needs what this machine lacks, unless the environment variable
+    ``switch`` is 1 (CI sets it where the test must run): then fail it."""
+    if os.environ.get(switch) == "1":
+        pytest.fail(f"{reason} ({switch}=1: this test must run here)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
 def viewers_python() -> Path:
     """The interpreter with squidpy and spatialdata (`make viewers`; `make test` builds it)."""
     if not VIEWERS_PYTHON.exists():
-        reason = f"{VIEWERS_PYTHON} is missing (`make viewers` builds it)"
-        if os.environ.get("HESPOTEX_REQUIRE_VIEWERS") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        unavailable(f"{VIEWERS_PYTHON} is missing (`make viewers` builds it)", REQUIRE_VIEWERS)
     return VIEWERS_PYTHON
 
 

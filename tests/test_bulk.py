@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from scipy.stats import pearsonr, spearmanr
 
-from hespotex.bulk import column_correlation, column_spearman, run_evaluate_bulk
-from hespotex.cli import main
+from hespotex.cli.main import main
 from hespotex.errors import InputDataError
+from hespotex.training.bulk import column_correlation, column_spearman, run_evaluate_bulk
 
 SAMPLES = [f"TCGA-AA-{index:04d}-01" for index in range(12)]
 

@@ -11,10 +11,10 @@ import pytest
 import scipy.sparse
 from conftest import TEST_ENCODER, write_sheet
 
-from hespotex.cohort import run_cohort, slide_mean_expression, write_pseudobulk
 from hespotex.config import parse_config
 from hespotex.errors import InputDataError
-from hespotex.paths import CohortPaths, SlidePaths, log_path
+from hespotex.outputs.cohort import run_cohort, slide_mean_expression, write_pseudobulk
+from hespotex.paths import CohortPaths, LogPaths, SlidePaths
 
 GENES = ["GENE_A", "GENE_B", "GENE_C"]
 
@@ -27,9 +27,9 @@ def write_expression(path, values, sparse=False) -> None:
 
 
 def test_slide_means_are_read_in_chunks_for_dense_and_sparse_maps(tmp_path, monkeypatch):
-    import hespotex.cohort
+    import hespotex.outputs.cohort
 
-    monkeypatch.setattr(hespotex.cohort, "READ_CHUNK_BYTES", 7 * 3 * 4)
+    monkeypatch.setattr(hespotex.outputs.cohort, "READ_CHUNK_BYTES", 7 * 3 * 4)
     values = np.random.default_rng(0).gamma(2.0, size=(50, 3))
     values[values < 1.5] = 0
     write_expression(tmp_path / "dense.h5ad", values)
@@ -41,9 +41,9 @@ def test_slide_means_are_read_in_chunks_for_dense_and_sparse_maps(tmp_path, monk
 
 
 def test_pseudobulk_has_one_row_per_slide_across_windows(tmp_path, monkeypatch):
-    import hespotex.cohort
+    import hespotex.outputs.cohort
 
-    monkeypatch.setattr(hespotex.cohort, "SLIDES_PER_WINDOW", 2)
+    monkeypatch.setattr(hespotex.outputs.cohort, "SLIDES_PER_WINDOW", 2)
     rng = np.random.default_rng(1)
     entries, expected = [], {}
     for index in range(5):
@@ -102,15 +102,15 @@ def test_summary_says_done_failed_with_the_logged_error_or_not_run(tmp_path):
     bad = SlidePaths(config.results, "bad")
     bad.stage_timing("tissue").parent.mkdir(parents=True)
     bad.stage_timing("tissue").write_text("{}")
-    log = log_path(config.logs, "tiles", "bad")
+    log = LogPaths(config.logs).stage("tiles", "bad")
     log.parent.mkdir(parents=True)
     log.write_text(
-        "2026-01-01 INFO hespotex.tiling: start\n"
+        "2026-01-01 INFO hespotex.stages.tiles: start\n"
         "2026-01-01 ERROR hespotex: tiles failed [slide bad]: bad.svs: no spot has 50% tissue\n"
     )
-    killed = log_path(config.logs, "tissue", "killed")
+    killed = LogPaths(config.logs).stage("tissue", "killed")
     killed.parent.mkdir(parents=True, exist_ok=True)
-    killed.write_text("2026-01-01 INFO hespotex.tissue: reading the overview\n")
+    killed.write_text("2026-01-01 INFO hespotex.stages.tissue: reading the overview\n")
 
     summary = run_cohort(config).set_index("slide_id")
     assert summary.loc["good", "status"] == "done"

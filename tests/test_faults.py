@@ -10,11 +10,10 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from conftest import SVS, TEST_ENCODER, tissue_on_glass, venv_env
+from conftest import REQUIRE_MOUNT, SVS, TEST_ENCODER, tissue_on_glass, unavailable, venv_env
 
-from hespotex.checkpoint import load_checkpoint, read_checkpoint_meta
+from hespotex.cli.preflight import check_run
 from hespotex.config import EncoderConfig, parse_config
-from hespotex.encoders import load_encoder
 from hespotex.errors import (
     CheckpointError,
     ConfigError,
@@ -24,13 +23,15 @@ from hespotex.errors import (
     ResolutionTooCoarseError,
     SlideTooSmallError,
 )
-from hespotex.features import encode_patches
+from hespotex.io.backends import ArraySlide
+from hespotex.io.slide import Slide, open_slide
+from hespotex.model.checkpoint import load_checkpoint, read_checkpoint_meta
+from hespotex.model.encoders import load_encoder
+from hespotex.model.runners import TorchRunner, encode_batch
 from hespotex.paths import SlidePaths
-from hespotex.preflight import check_run
-from hespotex.runners import TorchRunner, encode_batch
-from hespotex.slide import ArraySlide, Slide, open_slide
-from hespotex.tiling import run_tiles
-from hespotex.tissue import run_tissue
+from hespotex.stages.features import encode_patches
+from hespotex.stages.tiles import run_tiles
+from hespotex.stages.tissue import run_tissue
 
 
 def _config(tmp_path, **sections):
@@ -165,7 +166,7 @@ def small_disk(tmp_path):
         text=True,
     )
     if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+        unavailable(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}", REQUIRE_MOUNT)
     yield mount_point
     subprocess.run(["umount", str(mount_point)], check=False)
 
@@ -188,7 +189,7 @@ def test_sigkill_during_the_h5ad_write_leaves_no_finished_looking_file(tmp_path)
         import os, signal
         import anndata as ad
         import numpy as np
-        from hespotex.atomic import atomic_path
+        from hespotex.io.atomic import atomic_path
 
         def write_then_die(self, path, *args, **kwargs):
             with open(path, "wb") as handle:
@@ -206,7 +207,7 @@ def test_sigkill_during_the_h5ad_write_leaves_no_finished_looking_file(tmp_path)
     assert not target.exists()
     assert target.with_name("expression.h5ad.tmp").exists()
 
-    from hespotex.atomic import atomic_path
+    from hespotex.io.atomic import atomic_path
 
     with atomic_path(target) as tmp:
         import anndata as ad

@@ -6,16 +6,17 @@ import zarr
 from conftest import SVS, TEST_ENCODER
 
 from hespotex import __version__
-from hespotex.checksum import file_sha256
 from hespotex.config import EncoderConfig, parse_config
-from hespotex.encoders import load_encoder, read_state_dict
 from hespotex.errors import ConfigError, InputDataError
-from hespotex.features import run_features
+from hespotex.io.checksum import file_sha256
+from hespotex.io.slide import open_slide
+from hespotex.io.stores import StoreKeys, read_feature_store
+from hespotex.model.encoders import load_encoder, read_state_dict
+from hespotex.model.identity import EncoderIdentity, encoder_identity
 from hespotex.paths import SlidePaths
-from hespotex.slide import open_slide
-from hespotex.store import StoreKeys, read_feature_store
-from hespotex.tiling import read_spots, run_tiles
-from hespotex.tissue import run_tissue
+from hespotex.stages.features import run_features
+from hespotex.stages.tiles import read_spots, run_tiles
+from hespotex.stages.tissue import run_tissue
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +51,10 @@ def test_feature_store_is_zarr_v3_with_rows_coords_and_attributes(svs_features):
     assert attributes["mpp"] == pytest.approx(0.499)
     assert attributes["patch_px"] == 224
     assert attributes["patch_um"] == pytest.approx(112.0)
-    assert attributes["encoder"] == "vit-tiny-32"
-    assert attributes["encoder_weights_sha256"] == "random-seed-0"
-    assert attributes["encoder_random_weights"] is True
-    assert "RANDOM" in attributes["encoder_description"]
+    encoder = EncoderIdentity.model_validate(attributes["encoder"])
+    assert encoder == encoder_identity(EncoderConfig.model_validate(TEST_ENCODER))
+    assert (encoder.architecture, encoder.weights_sha256) == ("vit-tiny-32", "random-seed-0")
+    assert encoder.is_random and encoder.feature_dim == 512
     assert attributes["hespotex_version"] == __version__
     assert not svs_features.features.with_name("features.zarr.tmp").exists()
 

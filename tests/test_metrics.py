@@ -1,19 +1,37 @@
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from scipy.stats import pearsonr
 
-from hespotex.crossval import fold_plan, summary_tables
 from hespotex.errors import InputDataError
-from hespotex.evaluation import score_genes, summarise
-from hespotex.metrics import map_raster, mse_per_gene, pearson_per_gene, spot_pitch, ssim_per_gene
-from hespotex.probe import fit_ridge_probe
+from hespotex.training.crossval import fold_plan, summary_tables
+from hespotex.training.evaluation import score_genes, summarise
+from hespotex.training.metrics import (
+    map_raster,
+    mse_per_gene,
+    pearson_per_gene,
+    pearson_rows,
+    spot_pitch,
+    ssim_per_gene,
+)
+from hespotex.training.probe import fit_ridge_probe
 
 
 def hex_centres(rows: int, columns: int, pitch: float = 100.0) -> np.ndarray:
     y, x = np.mgrid[0:rows, 0:columns].astype(float)
     x = x * pitch + (y % 2) * pitch / 2
     return np.stack([x.ravel(), y.ravel() * pitch * np.sqrt(3) / 2], axis=1)
+
+
+def test_torch_pearson_of_rows_equals_the_numpy_pearson_of_columns():
+    """The training loss and validation score (torch, rows) and the reported scores (numpy,
+    columns) are the same Pearson."""
+    rng = np.random.default_rng(1)
+    measured = rng.normal(size=(40, 6))
+    predicted = measured * rng.normal(size=6) + rng.normal(size=(40, 6))
+    by_torch = pearson_rows(torch.from_numpy(measured.T), torch.from_numpy(predicted.T))
+    assert np.allclose(by_torch.numpy(), pearson_per_gene(measured, predicted), atol=1e-8)
 
 
 def test_pearson_and_mse_per_gene_match_scipy_and_numpy():

@@ -1,13 +1,12 @@
 import torch
 
-from hespotex.graph import knn_edges
-from hespotex.model import (
+from hespotex.model.spot_graph import knn_edges
+from hespotex.model.streams import (
     ExpressionAutoencoder,
     ImageStream,
     ImageStreamShape,
     StagateAttentionConv,
     neighbour_mean,
-    pearson_rows,
     scale_by_nuclei,
 )
 
@@ -74,15 +73,6 @@ def test_autoencoder_decoder_is_tied_and_reconstruction_falls():
         losses.append(loss.item())
     assert latent.shape == (80, 8)
     assert losses[-1] < 0.5 * losses[0]
-
-
-def test_pearson_rows_matches_numpy():
-    a = torch.randn(5, 30)
-    b = a * 2 + torch.randn(5, 30) * 0.5
-    expected = torch.tensor(
-        [float(torch.corrcoef(torch.stack([a[i], b[i]]))[0, 1]) for i in range(5)]
-    )
-    assert torch.allclose(pearson_rows(a, b), expected, atol=1e-5)
 
 
 def test_gat_layer_is_message_passing_with_sigmoid_scores_softmaxed_per_target():

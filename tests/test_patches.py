@@ -11,17 +11,11 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from hespotex.config import GridConfig
-from hespotex.patches import iter_patch_batches, plan_runs
-from hespotex.slide import (
-    BACKGROUND,
-    ArraySlide,
-    ReadPlan,
-    Slide,
-    field_origins,
-    level0_location,
-    open_slide,
-)
-from hespotex.tiling import block_order, lattice_um
+from hespotex.io.backends import ArraySlide
+from hespotex.io.patches import iter_patch_batches, plan_runs
+from hespotex.io.slide import ReadPlan, Slide, field_origins, level0_location, open_slide
+from hespotex.io.windows import BACKGROUND
+from hespotex.stages.tiles import block_order, lattice_um
 
 
 def one_by_one(slide: Slide, centres: np.ndarray, plan) -> np.ndarray:
@@ -71,12 +65,12 @@ def test_a_spot_grid_on_a_real_slide_gives_openslides_pixels_decoding_each_tile_
     read and decoded exactly once."""
     import openslide
 
-    import hespotex.tiledtiff
+    import hespotex.io.tiledtiff
 
     tile_reads = []
     real_pread = os.pread
     monkeypatch.setattr(
-        hespotex.tiledtiff.os,
+        hespotex.io.tiledtiff.os,
         "pread",
         lambda fd, count, offset: tile_reads.append(offset) or real_pread(fd, count, offset),
     )
@@ -103,7 +97,7 @@ def test_a_spot_grid_on_a_real_slide_gives_openslides_pixels_decoding_each_tile_
 
 
 def test_a_small_tile_cache_evicts_and_still_gives_the_same_pixels(small_pyramids):
-    from hespotex.tiledtiff import TiledTiffLevels
+    from hespotex.io.tiledtiff import TiledTiffLevels
 
     path = small_pyramids["tagged"]
     roomy, tight = TiledTiffLevels(path), TiledTiffLevels(path, cache_bytes=3 * 256 * 256 * 3)
@@ -147,7 +141,7 @@ def test_level_origins_survive_the_round_trip_through_level_0(downsample):
 def test_many_threads_on_a_tiny_tile_cache_still_read_the_right_pixels(small_pyramids):
     from concurrent.futures import ThreadPoolExecutor
 
-    from hespotex.tiledtiff import TiledTiffLevels
+    from hespotex.io.tiledtiff import TiledTiffLevels
 
     path = small_pyramids["tagged"]
     roomy, tight = TiledTiffLevels(path), TiledTiffLevels(path, cache_bytes=4 * 256 * 256 * 3)

@@ -6,9 +6,10 @@ from hypothesis import strategies as st
 from scipy.spatial import cKDTree
 
 from hespotex.config import GridConfig
-from hespotex.graph import knn_edges
-from hespotex.slide import ArraySlide, Slide
-from hespotex.tiling import lattice_um
+from hespotex.io.backends import ArraySlide
+from hespotex.io.slide import Slide
+from hespotex.model.spot_graph import knn_edges
+from hespotex.stages.tiles import lattice_um
 
 
 @settings(max_examples=60, deadline=None)

@@ -5,19 +5,20 @@ import pytest
 import torch
 from conftest import SVS, TEST_ENCODER, write_sheet
 
-from hespotex.cli import main
+from hespotex.cli.main import main
+from hespotex.cli.preflight import check_run
 from hespotex.config import EncoderConfig, parse_config
-from hespotex.encoders import load_encoder
-from hespotex.errors import ConfigError, InputDataError
-from hespotex.features import run_features
-from hespotex.patches import iter_patch_batches
+from hespotex.errors import ConfigError, EncoderMismatchError, InputDataError
+from hespotex.io.patches import iter_patch_batches
+from hespotex.io.slide import open_slide
+from hespotex.io.stores import read_feature_store
+from hespotex.model.encoders import load_encoder
+from hespotex.model.identity import encoder_identity
+from hespotex.model.runners import OnnxRunner, TorchRunner, build_runner, export_onnx
 from hespotex.paths import SlidePaths
-from hespotex.preflight import check_run
-from hespotex.runners import OnnxRunner, TorchRunner, build_runner, export_onnx
-from hespotex.slide import open_slide
-from hespotex.store import read_feature_store
-from hespotex.tiling import read_spots, run_tiles
-from hespotex.tissue import run_tissue
+from hespotex.stages.features import run_features
+from hespotex.stages.tiles import read_spots, run_tiles
+from hespotex.stages.tissue import run_tissue
 
 # What the ONNX and PyTorch CPU kernels may disagree by, on unit-length fp32 features; the
 # feature store keeps fp16 (≈ 5e-4 resolution at 1), so this is below what is stored.
@@ -44,7 +45,7 @@ def test_onnx_features_equal_torch_features_on_real_patches(
     path = tmp_path / "encoder.onnx"
     export_onnx(model, path, 224)
     identity = model.identity
-    onnx_runner = OnnxRunner(path, identity.architecture, identity.weights_sha256, "cpu")
+    onnx_runner = OnnxRunner(path, identity, "cpu")
     torch_runner = TorchRunner(model, torch.device("cpu"))
     # A batch size other than the export's shows the batch axis is dynamic.
     from_onnx = onnx_runner(real_patches, SVS)
@@ -61,13 +62,18 @@ def test_onnx_model_from_another_encoder_is_refused(tmp_path):
     model = load_encoder(EncoderConfig(**TEST_ENCODER))
     path = tmp_path / "encoder.onnx"
     export_onnx(model, path, 224)
-    with pytest.raises(InputDataError, match="not exported from the configured encoder"):
-        OnnxRunner(path, "vit-tiny-32", "random-seed-1", "cpu")
+    other = encoder_identity(EncoderConfig(**{**TEST_ENCODER, "seed": 1}))
+    with pytest.raises(
+        EncoderMismatchError,
+        match=r"encoder\.onnx: made with .*random-seed-0.*"
+        r"random-seed-1.*re-export it with `hespotex export-onnx`",
+    ):
+        OnnxRunner(path, other, "cpu")
     with pytest.raises(ConfigError, match="does not exist"):
-        OnnxRunner(tmp_path / "missing.onnx", "vit-tiny-32", "random-seed-0", "cpu")
+        OnnxRunner(tmp_path / "missing.onnx", model.identity, "cpu")
     (tmp_path / "garbage.onnx").write_bytes(b"not a protobuf")
     with pytest.raises(InputDataError, match="garbage.onnx: not a loadable ONNX model"):
-        OnnxRunner(tmp_path / "garbage.onnx", "vit-tiny-32", "random-seed-0", "cpu")
+        OnnxRunner(tmp_path / "garbage.onnx", model.identity, "cpu")
 
 
 def test_features_stage_runs_the_exported_model(tmp_path):
@@ -121,7 +127,7 @@ def test_building_an_open_clip_encoder_leaves_transformers_unimported_but_import
     probe = (
         "import sys\n"
         "from hespotex.config import EncoderConfig\n"
-        "from hespotex.encoders import load_encoder\n"
+        "from hespotex.model.encoders import load_encoder\n"
         "load_encoder(EncoderConfig(architecture='vit-tiny-32', weights='random'))\n"
         "assert 'open_clip' in sys.modules and 'transformers' not in sys.modules\n"
         "import transformers\n"

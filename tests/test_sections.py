@@ -11,7 +11,7 @@ from conftest import SHARED_DATA
 from PIL import Image
 
 from hespotex.errors import InputDataError
-from hespotex.sections import (
+from hespotex.training.sections import (
     SectionLayout,
     SectionSource,
     load_section,
@@ -97,7 +97,7 @@ def test_anndata_of_normalised_values_is_refused_as_not_counts():
 def write_hest_sample(root, sample: str, mpp: float | None) -> ad.AnnData:
     """A HEST-1k sample from the real squidpy Visium crop: counts recovered from its
     log-normalised values, its image as the pyramidal WSI, metadata with the pixel size."""
-    from hespotex.demo import write_pyramid_tiff
+    from hespotex.io.pyramids import write_pyramid_tiff
 
     crop = ad.read_h5ad(SQUIDPY / "test_data.h5ad")
     counts = np.round(np.expm1(crop.X.toarray()) * 10).astype(np.float32)

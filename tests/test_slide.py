@@ -5,7 +5,8 @@ import pytest
 from conftest import DICOM_FOLDER, NDPI, OME_TIFF, OPENSLIDE_REJECTS, SVS
 
 from hespotex.errors import InvalidMppError, MissingMppError, SlideOpenError, SlideReadError
-from hespotex.slide import ArraySlide, Slide, open_backend, open_slide, resolve_mpp
+from hespotex.io.backends import ArraySlide, open_backend
+from hespotex.io.slide import Slide, open_slide, resolve_mpp
 
 
 def test_aperio_svs_opens_with_openslide_and_its_mpp():
@@ -98,7 +99,7 @@ def test_a_damaged_tile_fails_the_read_naming_the_file(tmp_path, small_pyramids)
 
 
 def test_tiled_tiffs_are_decoded_tile_by_tile_with_openslides_pixels():
-    """SVS and OME-TIFF go through hespotex.tiledtiff; the pixels are what OpenSlide and
+    """SVS and OME-TIFF go through hespotex.io.tiledtiff; the pixels are what OpenSlide and
     tifffile's own reader give."""
     import tifffile
 

@@ -9,7 +9,6 @@ started; `.ci/run` sets HESPOTEX_REQUIRE_SLURM=1, which turns that skip into a f
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import time
@@ -18,11 +17,11 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pytest
-from conftest import REPO, SVS, venv_env, write_config, write_sheet
+from conftest import REPO, REQUIRE_SLURM, SVS, unavailable, venv_env, write_config, write_sheet
 from test_workflow import outputs_of, run_snakemake, snakemake_command
 
+from hespotex.io.stores import read_feature_store
 from hespotex.paths import SlidePaths
-from hespotex.store import read_feature_store
 
 pytestmark = pytest.mark.e2e
 CLUSTER_SCRIPT = REPO / "tests" / "slurm" / "cluster.sh"
@@ -54,10 +53,9 @@ def slurm_cluster():
             [str(CLUSTER_SCRIPT), "start"], capture_output=True, text=True, timeout=900
         )
         if started.returncode != 0 or not slurm_is_up():
-            reason = f"SLURM could not be installed or started: {started.stderr[-800:]}"
-            if os.environ.get("HESPOTEX_REQUIRE_SLURM"):
-                pytest.fail(reason)
-            pytest.skip(reason)
+            unavailable(
+                f"SLURM could not be installed or started: {started.stderr[-800:]}", REQUIRE_SLURM
+            )
 
 
 def run_on_slurm(workdir: Path, config: Path, *args: str):

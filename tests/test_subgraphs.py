@@ -8,18 +8,18 @@ import pytest
 import torch
 from torch.nn import functional
 
-from hespotex.graph import knn_edges
-from hespotex.model import ExpressionAutoencoder, ImageStream, ImageStreamShape, pearson_rows
-from hespotex.subgraphs import spatial_cores, spot_blocks
-from hespotex.training import (
-    SectionTensors,
+from hespotex.model.blocks import spatial_cores, spot_blocks
+from hespotex.model.spot_graph import knn_edges
+from hespotex.model.streams import ExpressionAutoencoder, ImageStream, ImageStreamShape
+from hespotex.training.data import SectionTensors, section_blocks
+from hespotex.training.loops import (
     accumulate_autoencoder_gradients,
     accumulate_image_stream_gradients,
     autoencoder_latent,
     blockwise_rows,
     image_stream_prediction,
-    section_blocks,
 )
+from hespotex.training.metrics import pearson_rows
 
 N_SPOTS = 400
 N_GENES = 12

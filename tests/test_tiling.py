@@ -4,8 +4,8 @@ from conftest import TEST_ENCODER
 from scipy.spatial import cKDTree
 
 from hespotex.config import GridConfig, parse_config
-from hespotex.tiling import footprint_tissue_fraction, lattice_um, plan_spots
-from hespotex.tissue import TissueRecord
+from hespotex.stages.tiles import footprint_tissue_fraction, lattice_um, plan_spots
+from hespotex.stages.tissue import TissueRecord
 
 
 def test_hex_lattice_neighbours_are_one_spacing_apart():

@@ -4,9 +4,9 @@ from conftest import NDPI, SVS, TEST_ENCODER, tissue_on_glass
 
 from hespotex.config import TissueConfig, parse_config
 from hespotex.errors import NotBrightfieldError
+from hespotex.io.slide import open_slide
 from hespotex.paths import SlidePaths
-from hespotex.slide import open_slide
-from hespotex.tissue import TissueRecord, read_mask, run_tissue, tissue_mask
+from hespotex.stages.tissue import TissueRecord, read_mask, run_tissue, tissue_mask
 
 
 def test_mask_area_of_a_known_tissue_block(he_tile):

@@ -11,16 +11,18 @@ from conftest import SHARED_DATA
 from scipy import sparse
 
 from hespotex.config import parse_config
-from hespotex.crossval import ridge_scores
-from hespotex.demo import HER2ST_MPP, her2st_image, patch_statistics, read_image
-from hespotex.encoders import load_encoder
-from hespotex.evaluation import evaluate_encoded
-from hespotex.genes import select_genes
-from hespotex.graph import knn_edges
-from hespotex.runners import TorchRunner
-from hespotex.sections import Section, SectionSource, load_section
-from hespotex.slide import ArraySlide, Slide
-from hespotex.training import encode_sections, encoder_record, fit
+from hespotex.io.backends import ArraySlide
+from hespotex.io.slide import Slide
+from hespotex.model.encoders import load_encoder
+from hespotex.model.runners import TorchRunner
+from hespotex.model.spot_graph import knn_edges
+from hespotex.training.crossval import ridge_scores
+from hespotex.training.data import encode_sections
+from hespotex.training.demo import HER2ST_MPP, her2st_image, patch_statistics, read_image
+from hespotex.training.evaluation import evaluate_encoded
+from hespotex.training.fit import fit
+from hespotex.training.genes import select_genes
+from hespotex.training.sections import Section, SectionSource, load_section
 
 PLANTED = ("PLANTED_NUCLEI", "PLANTED_STROMA", "PLANTED_DENSE")
 N_NOISE = 4
@@ -99,7 +101,7 @@ def test_planted_genes_are_recovered_on_a_held_out_section_above_the_ridge_probe
         [encoded[name] for name in (*training, validation)],
         validation,
         config,
-        encoder_record(runner, config),
+        runner.identity,
     )
     assert meta.trained_on == training and meta.training["chosen_epoch"] >= 1
     scores, _ = evaluate_encoded(model, meta, [encoded[test]], None)
@@ -118,7 +120,7 @@ def test_training_in_blocks_resumes_where_it_was_interrupted(
 ):
     """Sections of ≈ 190 spots trained in blocks of 60 (as a 200,000-spot section trains in
     blocks of 10,000): interrupted and resumed, the model is the uninterrupted one."""
-    from hespotex import training
+    from hespotex.training import fit as fitting
 
     config = parse_config(
         {
@@ -135,10 +137,10 @@ def test_training_in_blocks_resumes_where_it_was_interrupted(
     )
     runner = TorchRunner(load_encoder(config.encoder), torch.device("cpu"))
     encoded = encode_sections(planted_sections[1:], config, runner)
-    record = encoder_record(runner, config)
+    record = runner.identity
     uninterrupted, _ = fit(encoded, "C4", config, record)
     resume = tmp_path / "model.safetensors.resume.pt"
-    original_epoch = training.image_stream_epoch
+    original_epoch = fitting.image_stream_epoch
     calls = []
 
     def interrupted_epoch(*args):
@@ -147,12 +149,12 @@ def test_training_in_blocks_resumes_where_it_was_interrupted(
             raise KeyboardInterrupt
         return original_epoch(*args)
 
-    monkeypatch.setattr(training, "image_stream_epoch", interrupted_epoch)
+    monkeypatch.setattr(fitting, "image_stream_epoch", interrupted_epoch)
     with pytest.raises(KeyboardInterrupt):
         fit(encoded, "C4", config, record, resume)
     assert resume.is_file()
     assert torch.load(resume, weights_only=True)["epoch"] == 5
-    monkeypatch.setattr(training, "image_stream_epoch", original_epoch)
+    monkeypatch.setattr(fitting, "image_stream_epoch", original_epoch)
     resumed, meta = fit(encoded, "C4", config, record, resume)
     assert not resume.exists()
     assert meta.training["epochs_run"] == 12
@@ -185,13 +187,36 @@ def test_hvg_union_is_depth_aware_and_logged(caplog):
             )
         )
     config = parse_config({**PLANTED_CONFIG, "training": {"n_genes": 5}})
-    with caplog.at_level("INFO", logger="hespotex.genes"):
+    with caplog.at_level("INFO", logger="hespotex.training.genes"):
         chosen = select_genes(sections, config.training)
     assert sorted(chosen) == [f"VAR{i}" for i in range(5)]
     assert "genes: 5 (union of each section's top 5 seurat_v3 genes) of 45 shared" in caplog.text
 
 
-def test_train_on_real_sections_writes_genes_in_variability_order():
+def test_genes_come_most_variable_first():
+    """Eight genes of one mean whose overdispersion grows 1.5-fold from one to the next (names
+    shuffled), among 300 Poisson genes of every depth: the eight are chosen, the most
+    overdispersed first."""
+    rng = np.random.default_rng(3)
+    n_spots = 1000
+    dispersion = 0.1 * 1.5 ** np.arange(8)
+    names = [f"G{index}" for index in rng.permutation(8)]
+    varying = rng.poisson(20 * rng.gamma(1 / dispersion, dispersion, (n_spots, 8)))
+    flat = rng.poisson(np.logspace(0, 2.5, 300), (n_spots, 300))
+    section = Section(
+        "overdispersed",
+        SHARED_DATA,
+        None,
+        sparse.csr_matrix(np.concatenate([varying, flat], axis=1), dtype=np.float32),
+        pd.Index([*names, *(f"FLAT{index}" for index in range(300))]),
+        pd.Index(map(str, range(n_spots))),
+        rng.uniform(0, 100, (n_spots, 2)),
+    )
+    config = parse_config({**PLANTED_CONFIG, "training": {"n_genes": 8}})
+    assert select_genes([section], config.training) == names[::-1]
+
+
+def test_genes_of_a_real_section_are_chosen_among_its_own():
     source = SectionSource(
         "mob",
         SHARED_DATA / "xfuse-mob-st" / "image.jpg",
@@ -206,7 +231,7 @@ def test_train_on_real_sections_writes_genes_in_variability_order():
 
 
 def test_nuclei_are_counted_on_real_he_pixels_and_not_on_glass(he_tile):
-    from hespotex.nuclei import count_nuclei
+    from hespotex.model.nuclei import count_nuclei
 
     patches = np.stack(
         [he_tile[:224, :224], he_tile[500:724, 300:524], np.full_like(he_tile[:224, :224], 240)]

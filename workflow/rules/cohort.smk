@@ -13,7 +13,7 @@ rule cohort:
     params:
         config=RUN_CONFIG,
     log:
-        f"{LOGS}/cohort.log",
+        LOGS.cohort,
     threads: 2
     resources:
         **LIGHT_RESOURCES,

@@ -1,26 +1,17 @@
-# Config and sample sheet are validated here, before any job starts; every path comes from
-# hespotex.paths so the rules and the `hespotex` commands agree on file names.
+# Config and sample sheet are validated here, before any job starts, by the package's own
+# pydantic models (the only validators: a JSON-schema check beside them would add nothing a
+# user sees and cost every Snakemake start its import). Every path comes from hespotex.paths,
+# so the rules and the `hespotex` commands agree on file names.
 import subprocess
 import sys
 
-import pandas as pd
-from snakemake.utils import validate
-
-from hespotex import spatialdata_export
+from hespotex.cli.preflight import check_run, write_run_config
 from hespotex.config import SLIDE_ID_PATTERN, parse_config
 from hespotex.errors import HespotexError
-from hespotex.paths import CohortPaths, SlidePaths
-from hespotex.preflight import check_run, write_run_config
+from hespotex.outputs import spatialdata_export
+from hespotex.paths import CohortPaths, LogPaths, SlidePaths
 
 
-validate(config, schema="../schemas/config.schema.yaml")
-# The sheet is only checked here (check_run reads it); filling in schema defaults, which
-# builds a validator per row, would be wasted on a 10,000-row sheet.
-validate(
-    pd.read_csv(config["samples"], sep="\t", dtype={"slide_id": str, "path": str}, comment="#"),
-    schema="../schemas/samples.schema.yaml",
-    set_default=False,
-)
 try:
     SETTINGS = parse_config(config, "config")
     SAMPLES = check_run(SETTINGS)
@@ -46,7 +37,7 @@ class SnakemakePatterns:
 
 PATHS = SnakemakePatterns(SlidePaths(SETTINGS.results, "{slide}"))
 COHORT = SnakemakePatterns(CohortPaths(SETTINGS.results))
-LOGS = str(SETTINGS.logs)
+LOGS = SnakemakePatterns(LogPaths(SETTINGS.logs))
 RUN_CONFIG = str(write_run_config(SETTINGS, SETTINGS.results / ".hespotex" / "config.json"))
 ENV = "../../envs/hespotex.yaml"
 SPATIALDATA_EXPORTER = spatialdata_export.__file__

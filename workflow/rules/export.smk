@@ -1,5 +1,5 @@
 # Optional SpatialData Zarr per slide (outputs.spatialdata), written by a second interpreter:
-# spatialdata cannot share hespotex's environment (see hespotex/spatialdata_export.py).
+# spatialdata cannot share hespotex's environment (see hespotex/outputs/spatialdata_export.py).
 rule spatialdata:
     input:
         expression=PATHS.expression,
@@ -9,7 +9,7 @@ rule spatialdata:
         python=SETTINGS.outputs.spatialdata_python,
         exporter=SPATIALDATA_EXPORTER,
     log:
-        f"{LOGS}/spatialdata/{{slide}}.log",
+        LOGS.stage("spatialdata", "{slide}"),
     group:
         "predict"
     resources:

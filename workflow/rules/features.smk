@@ -8,7 +8,7 @@ rule features:
     params:
         config=RUN_CONFIG,
     log:
-        f"{LOGS}/features/{{slide}}.log",
+        LOGS.stage("features", "{slide}"),
     threads: max(1, SETTINGS.features.num_workers)
     group:
         "encode"

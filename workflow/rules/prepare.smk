@@ -20,8 +20,8 @@ rule prepare:
     params:
         config=RUN_CONFIG,
     log:
-        tissue=f"{LOGS}/tissue/{{slide}}.log",
-        tiles=f"{LOGS}/tiles/{{slide}}.log",
+        tissue=LOGS.stage("tissue", "{slide}"),
+        tiles=LOGS.stage("tiles", "{slide}"),
     group:
         "prepare"
     resources:

@@ -1,0 +1,5 @@
+"""Reading slides and writing files: slide reader backends and their factory, the tiled-TIFF
+tile cache, windowed patch reading, the Zarr stores, pyramid TIFFs and atomic writes.
+
+Imports only the root modules (``errors``, ``units``, ``config``, ``paths``) and itself.
+"""

@@ -1,0 +1,61 @@
+"""The outputs stage: what a decoded slide's users open beside ``expression.h5ad``.
+
+For each gene of ``outputs.genes``: a heatmap over the thumbnail (``heatmaps/``) and the
+patches of highest and lowest prediction (``top_patches/``); for every spot, its predicted
+genes as QuPath measurements with the tissue outline (``qupath.geojson``). Each writer takes
+the decoded AnnData and works alone; this module reads the slide's files and calls them.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import anndata as ad
+import numpy as np
+
+from hespotex.config import PipelineConfig
+from hespotex.errors import ConfigError
+from hespotex.io.slide import Slide
+from hespotex.outputs.heatmaps import write_heatmaps
+from hespotex.outputs.montages import write_top_patch_montages
+from hespotex.outputs.qupath import write_qupath_geojson
+from hespotex.paths import SlidePaths
+from hespotex.stages.tissue import TissueRecord, read_mask
+
+logger = logging.getLogger(__name__)
+
+
+def gene_predictions(adata: ad.AnnData, genes: list[str], source) -> dict[str, np.ndarray]:
+    """Each of ``genes``' predicted values over the spots; a gene the map lacks is an error
+    naming it and ``source``."""
+    missing = [gene for gene in genes if gene not in adata.var_names]
+    if missing:
+        raise ConfigError(f"outputs.genes: {', '.join(missing)} not predicted in {source}")
+    return {gene: np.asarray(adata[:, gene].X).ravel() for gene in genes}
+
+
+def write_slide_outputs(slide: Slide, slide_id: str, config: PipelineConfig) -> None:
+    paths = SlidePaths(config.results, slide_id)
+    adata = ad.read_h5ad(paths.expression)
+    record = TissueRecord.read(paths.tissue_record)
+    genes = config.outputs.genes
+    predictions = gene_predictions(adata, genes, paths.expression)
+    centres = np.asarray(adata.obsm["spatial"])
+    write_heatmaps(paths.heatmaps, adata, slide_id, genes, config.grid.layout)
+    write_top_patch_montages(
+        paths.top_patches, slide, centres, predictions, config.outputs.top_patches, config.features
+    )
+    write_qupath_geojson(
+        paths.qupath,
+        list(adata.obs_names),
+        centres,
+        predictions,
+        config.grid.layout,
+        config.grid.spacing_um / record.mpp,
+        read_mask(paths.tissue_mask),
+        record.mask_downsample,
+        (record.width_px, record.height_px),
+    )
+    logger.info(
+        "wrote %d heatmap(s), top patches and QuPath GeoJSON for %d spots", len(genes), len(adata)
+    )

@@ -1,0 +1,111 @@
+"""Per-slide QC: what each stage cost, and ``qc.json``, what a slide's results rest on.
+
+Every stage command records its wall time and peak memory in ``qc/timings/{stage}.json``
+once it has succeeded (``timed_stage``); the outputs stage, the last, ends by writing
+``qc.json``, which gathers them with the slide's spot count, tissue area, resolution (and
+where it came from) and the encoder and checkpoint identities, so a result can be traced and
+a slow or odd slide spotted from one file.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+from hespotex import __version__
+from hespotex.config import PipelineConfig
+from hespotex.io.atomic import write_json
+from hespotex.io.checksum import file_sha256
+from hespotex.io.stores import StoreKeys
+from hespotex.model.checkpoint import read_checkpoint_meta
+from hespotex.model.identity import EncoderIdentity
+from hespotex.paths import STAGES, SlidePaths
+from hespotex.stages.tissue import TissueRecord
+
+KIB_PER_MIB = 1024
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / KIB_PER_MIB
+
+
+@contextmanager
+def timed_stage(paths: SlidePaths, stage: str) -> Iterator[None]:
+    """Time the block; once it has succeeded, record its wall time and this process's peak
+    memory in ``qc/timings/{stage}.json`` (a failed stage leaves no record)."""
+    started = time.perf_counter()
+    yield
+    write_json(
+        paths.stage_timing(stage),
+        {
+            "stage": stage,
+            "seconds": round(time.perf_counter() - started, 3),
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+            "host": socket.gethostname(),
+        },
+    )
+
+
+def read_stage_timings(paths: SlidePaths) -> dict[str, dict]:
+    timings = {}
+    for stage in STAGES:
+        path = paths.stage_timing(stage)
+        if path.is_file():
+            timings[stage] = json.loads(path.read_text())
+    return timings
+
+
+def _feature_store_encoder(path: Path) -> EncoderIdentity:
+    import zarr
+
+    attributes = zarr.open_group(str(path), mode="r").attrs
+    return EncoderIdentity.from_record(attributes.get(StoreKeys.ENCODER), path)
+
+
+def write_slide_qc(config: PipelineConfig, slide_id: str) -> dict:
+    paths = SlidePaths(config.results, slide_id)
+    record = TissueRecord.read(paths.tissue_record)
+    encoder = _feature_store_encoder(paths.features)
+    checkpoint = config.decode.checkpoint
+    meta = read_checkpoint_meta(checkpoint)
+    timings = read_stage_timings(paths)
+    with paths.spots.open() as spots:
+        spot_count = sum(1 for _ in spots) - 1
+    qc = {
+        "slide_id": slide_id,
+        "slide_path": record.slide_path,
+        "reader": record.reader,
+        "size_px": [record.width_px, record.height_px],
+        "mpp": record.mpp,
+        "mpp_source": record.mpp_source,
+        "tissue_area_mm2": record.tissue_area_mm2,
+        "spots": spot_count,
+        "grid": {"layout": config.grid.layout, "spacing_um": config.grid.spacing_um},
+        "encoder": {
+            **encoder.model_dump(mode="json"),
+            "description": encoder.describe(),
+            "random_weights": encoder.is_random,
+        },
+        "checkpoint": {
+            "path": str(checkpoint),
+            "sha256": file_sha256(checkpoint),
+            "genes": len(meta.genes),
+            "trained_on": meta.trained_on,
+        },
+        "timings": {
+            stage: {"seconds": entry["seconds"], "peak_rss_mb": entry["peak_rss_mb"]}
+            for stage, entry in timings.items()
+        },
+        "total_seconds": round(sum(entry["seconds"] for entry in timings.values()), 3),
+        "hespotex_version": __version__,
+    }
+    write_json(paths.qc, qc)
+    return qc

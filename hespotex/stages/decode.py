@@ -1,0 +1,146 @@
+"""Stage 5, decode: HESpotEx's image stream over the whole slide graph → ``expression.h5ad``.
+
+The AnnData is what scanpy and squidpy users expect from Visium: spots × genes,
+``obsm['spatial']`` in level-0 pixels, and ``uns['spatial'][slide_id]`` with the thumbnail
+(as ``hires``) and its scale factor, so ``scanpy.pl.spatial`` draws it unchanged. Spot
+diameter is the grid spacing, so spots drawn at that size tile the tissue. What is drawn from
+it (heatmaps, top patches, QuPath GeoJSON, qc.json) is ``hespotex.outputs``' work.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from hespotex import __version__
+from hespotex.config import NucleusCounter, PipelineConfig
+from hespotex.errors import ConfigError, InputDataError
+from hespotex.io.atomic import atomic_path
+from hespotex.io.stores import FeatureStore, StoreKeys, read_feature_store, read_graph_store
+from hespotex.model.checkpoint import CheckpointMeta, check_checkpoint_encoder, load_checkpoint
+from hespotex.model.identity import EncoderIdentity
+from hespotex.model.runners import pick_device
+from hespotex.paths import SlidePaths
+from hespotex.stages.tiles import read_spots
+from hespotex.stages.tissue import TissueRecord
+
+logger = logging.getLogger(__name__)
+
+
+def build_anndata(
+    prediction: np.ndarray,
+    genes: list[str],
+    spots: pd.DataFrame,
+    record: TissueRecord,
+    thumbnail: np.ndarray,
+    spot_diameter_px: float,
+    provenance: dict,
+) -> ad.AnnData:
+    obs = spots.set_index("spot_id")
+    obs.index.name = None
+    adata = ad.AnnData(
+        X=prediction.astype(np.float32),
+        obs=obs,
+        var=pd.DataFrame(index=pd.Index(genes, name=None)),
+    )
+    adata.obsm["spatial"] = spots[["x_px", "y_px"]].to_numpy(dtype=np.float64)
+    adata.uns["spatial"] = {
+        record.slide_id: {
+            "images": {"hires": thumbnail},
+            "scalefactors": {
+                "tissue_hires_scalef": 1.0 / record.mask_downsample,
+                "spot_diameter_fullres": spot_diameter_px,
+            },
+            "metadata": {"slide_path": record.slide_path, "mpp": record.mpp},
+        }
+    }
+    adata.uns["hespotex"] = provenance
+    return adata
+
+
+def nucleus_counts_for(
+    meta: CheckpointMeta, store: FeatureStore, store_path: Path
+) -> np.ndarray | None:
+    """The spots' nucleus counts when the checkpoint scales by them: counted by the features
+    stage with the same counter, or the store is stale for this checkpoint."""
+    if meta.nucleus_counter == NucleusCounter.NONE:
+        return None
+    counted_with = store.attributes.get(StoreKeys.NUCLEUS_COUNTER, NucleusCounter.NONE)
+    if store.nucleus_counts is None or counted_with != meta.nucleus_counter:
+        raise InputDataError(
+            store_path,
+            f"the checkpoint scales predictions by nucleus counts ({meta.nucleus_counter}) "
+            f"but this feature store was written with nucleus_counter: {counted_with}; "
+            "rerun the features stage (snakemake --forcerun features)",
+        )
+    return store.nucleus_counts
+
+
+def run_decode(slide_id: str, config: PipelineConfig) -> ad.AnnData:
+    if config.decode.checkpoint is None:
+        raise ConfigError("decode.checkpoint is not set: train one with `hespotex train`")
+    paths = SlidePaths(config.results, slide_id)
+    record = TissueRecord.read(paths.tissue_record)
+    spots = read_spots(paths.spots)
+    store = read_feature_store(paths.features)
+    edge_index, graph_attributes = read_graph_store(paths.graph)
+    model, meta = load_checkpoint(config.decode.checkpoint)
+    store_encoder = EncoderIdentity.from_record(
+        store.attributes.get(StoreKeys.ENCODER), paths.features
+    )
+    check_checkpoint_encoder(
+        config.decode.checkpoint, meta, f"the feature store {paths.features}", store_encoder
+    )
+    if store.features.shape[0] != len(spots):
+        raise InputDataError(
+            paths.features, f"{store.features.shape[0]} feature rows for {len(spots)} spots"
+        )
+    if graph_attributes.get("k") != meta.graph_k:
+        logger.warning(
+            "the spot graph has k = %s but the checkpoint was trained with k = %d",
+            graph_attributes.get("k"),
+            meta.graph_k,
+        )
+    nucleus_counts = nucleus_counts_for(meta, store, paths.features)
+    device = pick_device(config.decode.device)
+    model = model.to(device)
+    prediction = model.predict(
+        torch.from_numpy(store.features).to(device),
+        torch.from_numpy(edge_index).to(device),
+        config.decode.spot_chunk,
+        None if nucleus_counts is None else torch.from_numpy(nucleus_counts),
+    ).numpy()
+    with Image.open(paths.thumbnail) as image:
+        thumbnail = np.asarray(image.convert("RGB"))
+    provenance = {
+        "hespotex_version": __version__,
+        "checkpoint": str(config.decode.checkpoint),
+        "encoder": store_encoder.model_dump(mode="json"),
+        "encoder_description": store_encoder.describe(),
+        "values": f"predicted {meta.normalisation} expression (target sum {meta.target_sum:g})",
+        "mpp": record.mpp,
+        "mpp_source": record.mpp_source,
+        "grid_layout": config.grid.layout,
+        "spot_spacing_um": config.grid.spacing_um,
+        "patch_um": config.features.patch_um,
+        "trained_on": meta.trained_on,
+    }
+    adata = build_anndata(
+        prediction,
+        meta.genes,
+        spots,
+        record,
+        thumbnail,
+        spot_diameter_px=config.grid.spacing_um / record.mpp,
+        provenance=provenance,
+    )
+    with atomic_path(paths.expression) as tmp:
+        adata.write_h5ad(tmp)
+    logger.info("wrote %d spots × %d genes to %s", *adata.shape, paths.expression)
+    return adata

@@ -1,0 +1,69 @@
+"""Stage 3, features: read each spot's patch and encode it; one Zarr store per slide.
+
+Patches are read and encoded batch by batch (``hespotex.model.encoding``); features are
+written chunk by chunk as batches finish, so memory stays bounded. The store records the
+encoder's identity, and, when the configured checkpoint scales its predictions by nucleus
+counts, each patch's nucleus count.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from hespotex import __version__
+from hespotex.config import NucleusCounter, PipelineConfig
+from hespotex.io.atomic import atomic_path
+from hespotex.io.slide import Slide
+from hespotex.io.stores import FeatureStoreWriter, StoreKeys
+from hespotex.model.checkpoint import read_checkpoint_meta
+from hespotex.model.encoding import encode_patches
+from hespotex.model.runners import build_runner
+from hespotex.paths import SlidePaths
+from hespotex.stages.tiles import read_spots
+
+logger = logging.getLogger(__name__)
+
+
+def checkpoint_nucleus_counter(config: PipelineConfig) -> NucleusCounter:
+    """The counter the configured checkpoint's predictions are scaled by (none without one)."""
+    if config.decode.checkpoint is None:
+        return NucleusCounter.NONE
+    return NucleusCounter(read_checkpoint_meta(config.decode.checkpoint).nucleus_counter)
+
+
+def run_features(slide: Slide, slide_id: str, config: PipelineConfig) -> int:
+    paths = SlidePaths(config.results, slide_id)
+    spots = read_spots(paths.spots)
+    centres = spots[["x_px", "y_px"]].to_numpy(dtype=np.float64)
+    runner = build_runner(config)
+    nucleus_counter = checkpoint_nucleus_counter(config)
+    identity = runner.identity
+    logger.info("encoder: %s, run by %s", identity.describe(), runner.describe())
+    attributes = {
+        "slide_id": slide_id,
+        "slide_path": str(slide.path),
+        "mpp": float(slide.mpp),
+        "mpp_source": slide.mpp_source,
+        "patch_px": config.features.patch_px,
+        "patch_mpp": config.features.patch_mpp,
+        "patch_um": config.features.patch_um,
+        "coords_units": "level-0 pixels (x, y)",
+        StoreKeys.ENCODER: identity.model_dump(mode="json"),
+        StoreKeys.NUCLEUS_COUNTER: nucleus_counter.value,
+        "hespotex_version": __version__,
+    }
+    with atomic_path(paths.features) as tmp:
+        writer = FeatureStoreWriter(
+            tmp, centres, identity.feature_dim, config.features.chunk_rows, attributes
+        )
+        nucleus_counts = []
+        batches = encode_patches(slide, centres, runner, config.features, slide_id, nucleus_counter)
+        for batch in batches:
+            writer.append(batch.features)
+            if batch.nucleus_counts is not None:
+                nucleus_counts.append(batch.nucleus_counts)
+        written = writer.close(np.concatenate(nucleus_counts) if nucleus_counts else None)
+    logger.info("wrote %d × %d features to %s", written, identity.feature_dim, paths.features)
+    return written

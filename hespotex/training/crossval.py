@@ -1,0 +1,189 @@
+"""`hespotex crossval`: leave-one-section-out, HESpotEx against the ridge probe.
+
+Each fold holds one section out for testing and trains on the rest, of which one (the next
+section in the sheet after the test one, cyclically) is the validation section that chooses
+HESpotEx's epoch and the probe's ridge strength; genes are chosen on the training sections.
+Both are scored on the held-out section with the same genes, from the same frozen features,
+which are encoded once per section for all folds and seeds. Written: ``folds.tsv`` (one row
+per fold and seed), ``genes.tsv`` (per-gene scores), ``summary.json`` and ``summary.md``
+(per fold and overall, mean ± sd over seeds).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from hespotex.config import PipelineConfig
+from hespotex.errors import InputDataError
+from hespotex.io.atomic import atomic_path, write_json, write_tsv
+from hespotex.model.encoders import load_encoder
+from hespotex.model.runners import TorchRunner, pick_device
+from hespotex.training.data import EncodedSection, encode_sections, load_sections
+from hespotex.training.evaluation import TOP_GENES, evaluate_encoded, score_genes, summarise
+from hespotex.training.fit import fit
+from hespotex.training.genes import select_genes, seurat_v3_ranks, shared_genes
+from hespotex.training.probe import fit_ridge_probe
+from hespotex.training.sections import SectionSource
+
+logger = logging.getLogger(__name__)
+
+SCORES = ("pearson_all", "pearson_top_hvg")
+
+
+def fold_plan(section_ids: Sequence[str]) -> list[tuple[str, str, list[str]]]:
+    """(test, validation, training) for each fold."""
+    if len(section_ids) < 3:
+        raise InputDataError(
+            "sections sheet", "leave-one-out needs 3 sections or more (test, validation, train)"
+        )
+    plan = []
+    for index, test in enumerate(section_ids):
+        rest = [section for section in section_ids if section != test]
+        validation = rest[index % len(rest)]
+        plan.append((test, validation, [s for s in rest if s != validation]))
+    return plan
+
+
+def ridge_scores(
+    sections: dict[str, EncodedSection],
+    genes: list[str],
+    test: str,
+    validation: str,
+    training: list[str],
+    top_genes: int,
+) -> pd.DataFrame:
+    def expression(section_id: str) -> np.ndarray:
+        return sections[section_id].section.log_expression(genes)
+
+    probe = fit_ridge_probe(
+        [sections[section_id].features for section_id in training],
+        [expression(section_id) for section_id in training],
+        (sections[validation].features, expression(validation)),
+    )
+    held_out = sections[test]
+    return score_genes(
+        test,
+        genes,
+        expression(test),
+        probe.predict(held_out.features),
+        held_out.section.centres_px,
+        top_genes,
+    )
+
+
+def _sd(values: pd.Series) -> float:
+    return float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def _mean_sd(values: pd.Series) -> str:
+    return f"{values.mean():.3f} ± {_sd(values):.3f}"
+
+
+def summary_tables(folds: pd.DataFrame) -> tuple[dict, list[str]]:
+    """Per fold (mean ± sd over seeds) and overall (the mean over folds, then mean ± sd over
+    seeds), for HESpotEx, the probe and HESpotEx's lead."""
+    for score in SCORES:
+        folds[f"lead_{score}"] = folds[f"hespotex_{score}"] - folds[f"ridge_{score}"]
+    columns = [f"{who}_{score}" for score in SCORES for who in ("hespotex", "ridge", "lead")]
+    per_seed = folds.groupby("seed")[columns].mean()
+    overall = {
+        column: {"mean": per_seed[column].mean(), "sd": _sd(per_seed[column])} for column in columns
+    }
+    header = [
+        "fold (test / validation)",
+        "chosen epoch",
+        *(f"{who} {score}" for score in SCORES for who in ("HESpotEx", "ridge", "lead")),
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for (test, validation), group in folds.groupby(["test", "validation"], sort=False):
+        epochs = ", ".join(str(epoch) for epoch in group["chosen_epoch"])
+        cells = [_mean_sd(group[column]) for column in columns]
+        lines.append(f"| {test} / {validation} | {epochs} | " + " | ".join(cells) + " |")
+    cells = [_mean_sd(per_seed[column]) for column in columns]
+    lines.append("| **mean over folds** | | " + " | ".join(cells) + " |")
+    return overall, lines
+
+
+def run_crossval(
+    sources: Sequence[SectionSource],
+    config: PipelineConfig,
+    seeds: Sequence[int],
+    out_dir: Path,
+    top_genes: int = TOP_GENES,
+) -> dict:
+    sections_list = load_sections(sources, config.training.min_spot_counts)
+    runner = TorchRunner(load_encoder(config.encoder), pick_device(config.features.device))
+    logger.info("encoder: %s", runner.identity.describe())
+    encoded = {item.section_id: item for item in encode_sections(sections_list, config, runner)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    everywhere = shared_genes(sections_list)
+    ranks = {section.section_id: seurat_v3_ranks(section, everywhere) for section in sections_list}
+    rows, gene_tables, genes_by_fold = [], [], {}
+    for test, validation, training in fold_plan(list(encoded)):
+        genes = select_genes(
+            [encoded[section_id].section for section_id in training],
+            config.training,
+            [encoded[section_id].section.genes for section_id in (validation, test)],
+            ranks,
+        )
+        for seed in seeds:
+            seeded = config.model_copy(
+                update={"training": config.training.model_copy(update={"seed": seed})}
+            )
+            logger.info("fold test %s, validation %s, seed %d", test, validation, seed)
+            model, meta = fit(
+                [encoded[section_id] for section_id in [*training, validation]],
+                validation,
+                seeded,
+                runner.identity,
+                genes=genes,
+            )
+            hespotex_table, _ = evaluate_encoded(model, meta, [encoded[test]], None, top_genes)
+            ridge_table = ridge_scores(encoded, meta.genes, test, validation, training, top_genes)
+            genes_by_fold[test] = meta.genes
+            row = {
+                "test": test,
+                "validation": validation,
+                "seed": seed,
+                "training": ",".join(training),
+                "n_genes": len(meta.genes),
+                "chosen_epoch": meta.training["chosen_epoch"],
+            }
+            for who, table in (("hespotex", hespotex_table), ("ridge", ridge_table)):
+                summary = summarise(table)
+                row.update({f"{who}_{score}": summary[score] for score in SCORES})
+                gene_tables.append(table.assign(model=who, seed=seed))
+            logger.info(
+                "fold %s seed %d: HESpotEx %.4f / %.4f, ridge %.4f / %.4f (all / top %d)",
+                test,
+                seed,
+                row["hespotex_pearson_all"],
+                row["hespotex_pearson_top_hvg"],
+                row["ridge_pearson_all"],
+                row["ridge_pearson_top_hvg"],
+                top_genes,
+            )
+            rows.append(row)
+    folds = pd.DataFrame(rows)
+    overall, lines = summary_tables(folds)
+    write_tsv(out_dir / "folds.tsv", folds)
+    write_tsv(out_dir / "genes.tsv", pd.concat(gene_tables, ignore_index=True))
+    result = {
+        "encoder": runner.identity.describe(),
+        "seeds": list(seeds),
+        "top_genes": top_genes,
+        "overall": overall,
+        "genes_by_test_section": genes_by_fold,
+    }
+    write_json(out_dir / "summary.json", result)
+    with atomic_path(out_dir / "summary.md") as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    logger.info(
+        "leave-one-section-out, mean ± sd over seeds %s:\n%s", list(seeds), "\n".join(lines)
+    )
+    return result

@@ -1,0 +1,209 @@
+"""`hespotex train`: a HESpotEx checkpoint from paired ST + H&E sections.
+
+1. Genes: chosen on the training sections only (``hespotex.training.genes``); expression is
+   CPM + log1p of each spot's counts; spots with fewer than ``min_spot_counts`` are left out.
+2. Expression stream: the graph attention autoencoder on each section's spatial kNN graph
+   (k = 8, self loops), one model trained over the training sections in turn; each section's
+   bottleneck, read after its own epochs, is its spots' expression latent.
+3. Image stream: features of each spot's patch from the frozen encoder (the pipeline's own
+   reader and encoder, so training and inference see the same pixels), then the heads and
+   graph decoder, trained with (1 − Pearson(expression latent, image latent)) + MSE, one
+   section per step. With a validation section the epoch is the one with the best mean gene
+   Pearson on it (the reported score), never chosen on a test section.
+
+Loading and encoding sections: ``training.data``; the loops: ``training.loops``; resume state:
+``training.resume``; early stopping: ``training.stopping``. Seeds are fixed (weights,
+dropout, section order).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from hespotex.config import PipelineConfig, TrainingConfig
+from hespotex.errors import InputDataError
+from hespotex.model.checkpoint import CheckpointMeta
+from hespotex.model.encoders import load_encoder
+from hespotex.model.identity import EncoderIdentity
+from hespotex.model.runners import TorchRunner, pick_device
+from hespotex.model.streams import ImageStream, ImageStreamShape
+from hespotex.training.data import (
+    EncodedSection,
+    SectionTensors,
+    encode_sections,
+    load_sections,
+    section_tensors,
+)
+from hespotex.training.genes import select_genes
+from hespotex.training.loops import image_stream_epoch, train_expression_latents, validation_pearson
+from hespotex.training.resume import ResumeFile, fingerprint
+from hespotex.training.sections import SectionSource
+from hespotex.training.stopping import EarlyStopping
+
+logger = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+
+def train_image_stream(
+    training: Sequence[SectionTensors],
+    validation: SectionTensors | None,
+    n_genes: int,
+    config: TrainingConfig,
+    resume: ResumeFile,
+    saved: dict | None,
+) -> tuple[ImageStream, dict]:
+    device = training[0].features.device
+    shape = ImageStreamShape(
+        feature_dim=training[0].features.shape[1],
+        latent_dim=config.latent_dim,
+        n_genes=n_genes,
+        dropout=config.dropout,
+        feature_dropout=config.feature_dropout,
+    )
+    model = ImageStream(shape).to(device)
+    model.standardise_with(torch.cat([section.features for section in training]))
+    model.start_from_mean(torch.cat([section.expression for section in training]))
+    optimiser = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    stopping = EarlyStopping(config.patience)
+    first_epoch = 1
+    if saved is not None and saved["stage"] == "image_stream":
+        model.load_state_dict(saved["model"])
+        optimiser.load_state_dict(saved["optimiser"])
+        stopping = EarlyStopping(**saved["stopping"])
+        torch.set_rng_state(saved["rng"])
+        first_epoch = saved["epoch"] + 1
+    progress = tqdm(
+        range(first_epoch, config.epochs + 1),
+        desc="image stream",
+        mininterval=5,
+        initial=first_epoch - 1,
+        total=config.epochs,
+    )
+    epoch, losses = first_epoch - 1, {}
+    for epoch in progress:
+        losses = image_stream_epoch(model, optimiser, training)
+        stop = False
+        if validation is not None:
+            losses["validation_pearson"] = validation_pearson(model, validation)
+            stop = stopping.update(model, epoch, losses["validation_pearson"])
+        progress.set_postfix({key: f"{value:.4f}" for key, value in losses.items()}, refresh=False)
+        if stop:
+            logger.info(
+                "early stop at epoch %d: no better validation Pearson for %d epochs",
+                epoch,
+                config.patience,
+            )
+            break
+        if epoch % config.resume_every == 0:
+            resume.save(
+                {
+                    "stage": "image_stream",
+                    "latents": {section.section_id: section.latent.cpu() for section in training},
+                    "model": model.state_dict(),
+                    "optimiser": optimiser.state_dict(),
+                    "stopping": vars(stopping),
+                    "rng": torch.get_rng_state(),
+                    "epoch": epoch,
+                }
+            )
+    if stopping.best_state is not None:
+        model.load_state_dict(stopping.best_state)
+        logger.info(
+            "kept epoch %d (validation mean Pearson %.4f)",
+            stopping.best_epoch,
+            stopping.best_score,
+        )
+    summary = {
+        "epochs_run": epoch,
+        "chosen_epoch": stopping.best_epoch if validation is not None else epoch,
+        "validation_pearson": stopping.best_score if validation is not None else None,
+        "final_training_loss": losses.get("loss"),
+    }
+    return model.eval(), summary
+
+
+def fit(
+    sections: Sequence[EncodedSection],
+    validation_id: str | None,
+    config: PipelineConfig,
+    encoder: EncoderIdentity,
+    resume_path: Path | None = None,
+    genes: list[str] | None = None,
+) -> tuple[ImageStream, CheckpointMeta]:
+    """Train on already encoded sections; unless given, genes are chosen on the training
+    sections only, among those the validation section has."""
+    seed_everything(config.training.seed)
+    validation = next((s for s in sections if s.section_id == validation_id), None)
+    if validation_id is not None and validation is None:
+        raise InputDataError(validation_id, "the validation section is not in the sheet")
+    training = [encoded for encoded in sections if encoded is not validation]
+    if not training:
+        raise InputDataError(validation_id, "no section is left to train on")
+    if genes is None:
+        genes = select_genes(
+            [encoded.section for encoded in training],
+            config.training,
+            [validation.section.genes] if validation else [],
+        )
+    device = pick_device(config.features.device)
+    tensors = [section_tensors(encoded, genes, config, device) for encoded in training]
+    validation_tensors = (
+        section_tensors(validation, genes, config, device) if validation is not None else None
+    )
+    resume = ResumeFile(resume_path, fingerprint(config, genes, sections))
+    saved = resume.load()
+    if saved is None:
+        train_expression_latents(tensors, len(genes), config.training)
+        latents = {section.section_id: section.latent.cpu() for section in tensors}
+        resume.save({"stage": "latents", "latents": latents, "rng": torch.get_rng_state()})
+    else:
+        for section in tensors:
+            section.latent = saved["latents"][section.section_id].to(device)
+        torch.set_rng_state(saved["rng"])
+    model, summary = train_image_stream(
+        tensors, validation_tensors, len(genes), config.training, resume, saved
+    )
+    resume.remove()
+    meta = CheckpointMeta(
+        genes=genes,
+        latent_dim=config.training.latent_dim,
+        dropout=config.training.dropout,
+        graph_k=config.graph.k,
+        encoder=encoder,
+        patch_px=config.features.patch_px,
+        patch_mpp=config.features.patch_mpp,
+        trained_on=[encoded.section_id for encoded in training],
+        nucleus_counter=config.training.nucleus_counter.value,
+        training={
+            **summary,
+            "validation_section": validation_id,
+            **config.training.model_dump(mode="json"),
+        },
+    )
+    return model.cpu(), meta
+
+
+def train(
+    sources: Sequence[SectionSource],
+    validation_id: str | None,
+    config: PipelineConfig,
+    resume_path: Path | None = None,
+) -> tuple[ImageStream, CheckpointMeta]:
+    seed_everything(config.training.seed)
+    sections = load_sections(sources, config.training.min_spot_counts)
+    runner = TorchRunner(load_encoder(config.encoder), pick_device(config.features.device))
+    logger.info("encoder: %s", runner.identity.describe())
+    encoded = encode_sections(sections, config, runner)
+    return fit(encoded, validation_id, config, runner.identity, resume_path)
