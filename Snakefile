@@ -22,11 +22,14 @@ localrules:
 
 rule all:
     input:
-        expand(PATHS.expression, slide=SLIDES),
-        expand(PATHS.tissue_qc, slide=SLIDES),
+        manifests("predict"),
         COHORT.summary,
         COHORT.pseudobulk,
-        expand(PATHS.spatialdata, slide=SLIDES) if SETTINGS.outputs.spatialdata else [],
+        (
+            manifests("spatialdata", PLAN.shards("predict"))
+            if SETTINGS.outputs.spatialdata
+            else []
+        ),
     default_target: True
 
 
@@ -37,9 +40,18 @@ include: "workflow/rules/export.smk"
 include: "workflow/rules/cohort.smk"
 
 
+onsuccess:
+    # Slides fail alone (recorded, not raised), so every job succeeds; the run still ends with
+    # an error status when a slide failed, naming them. The next run retries only those.
+    failures = failure_report(COHORT.summary)
+    if failures:
+        print(failures, file=sys.stderr)
+        raise SystemExit(1)
+
+
 onerror:
-    # A failed slide keeps the cohort rule from running (its inputs are every slide's), yet the
-    # tables should still cover the finished slides and say why the others failed.
+    # A job that failed as a whole (killed, out of memory) keeps the cohort rule from running,
+    # yet the tables should still cover the finished slides and say why the others failed.
     try:
         subprocess.run(["hespotex", "cohort", "--config", RUN_CONFIG], check=False)
     except OSError as error:

@@ -5,12 +5,14 @@ tiatoolbox is not installed) gets the pipeline's tissue and tiles stages on a 20
 grid, then the features stage with the paper's ViT-B/32 architecture (RANDOM weights: none can
 be downloaded here; speed does not depend on the values) on the GPU: reader threads, pinned
 memory, bf16 autocast. While it runs, `nvidia-smi` samples GPU utilisation every 200 ms.
-Patches/s is spots over the stage's own seconds (qc/timings/features.json: after start-up and
-imports); the utilisation is given over the stage's steady part (from the first busy sample
-to the last) and over the whole process.
+Patches/s is spots over the stage's own seconds (qc/timings/features.json, the encoder's
+set-up taken out: after start-up, imports and loading the encoder), beside the encoder's own
+rate (spots over the seconds spent in the encoder, from the same record); the utilisation is
+given over the stage's steady part (from the first busy sample to the last) and over the
+whole process.
 
     python benchmarks/gpu_features.py --work /tmp/hespotex-gpu [--side 12000] \\
-        [--batch-size 256] [--num-workers 12] [--tile tile.png]
+        [--batch-size 256] [--num-workers 12] [--readers processes] [--tile tile.png]
 
 prints a Markdown table (also written to <work>/gpu_features.md).
 """
@@ -20,13 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import yaml
-from timing import build_he_pyramid, run_timed, write_table
+from timing import build_he_pyramid, run_timed, utilisation_sampler, write_table
 
 TCGA_SPOTS = 200e6
 
@@ -39,16 +39,6 @@ def run_stage(stage: str, config: Path, slide_id: str) -> tuple[float, float]:
     return seconds, peak_mb
 
 
-def utilisation_samples(path: Path) -> list[float]:
-    values = []
-    for line in path.read_text().splitlines():
-        try:
-            values.append(float(line.split(",")[0]))
-        except ValueError:
-            continue
-    return values
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/hespotex-gpu"))
@@ -58,6 +48,7 @@ def main() -> None:
     parser.add_argument("--tile", type=Path, help="a PNG of real H&E (without tiatoolbox)")
     parser.add_argument("--architecture", default="vit-b-32")
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--readers", choices=("threads", "processes"), default="processes")
     args = parser.parse_args()
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -78,66 +69,33 @@ def main() -> None:
                     "device": args.device,
                     "batch_size": args.batch_size,
                     "num_workers": args.num_workers,
+                    "readers": args.readers,
                 },
             }
         )
     )
     for stage in ("tissue", "tiles"):
         run_stage(stage, config, "gpu")
-    samples = work / "nvidia-smi.csv"
-    with samples.open("w") as sink:
-        sampler = (
-            subprocess.Popen(
-                [
-                    "nvidia-smi",
-                    "--query-gpu=utilization.gpu,memory.used",
-                    "--format=csv,noheader,nounits",
-                    "-lms",
-                    "200",
-                ],
-                stdout=sink,
-            )
-            if shutil.which("nvidia-smi")
-            else None
-        )
-        try:
-            process_seconds, peak_mb = run_stage("features", config, "gpu")
-        finally:
-            if sampler is not None:
-                sampler.terminate()
-                sampler.wait()
+    with utilisation_sampler(work / "nvidia-smi.csv") as busy:
+        process_seconds, peak_mb = run_stage("features", config, "gpu")
     results = work / "results" / "gpu"
     spots = len((results / "spots.tsv").read_text().splitlines()) - 1
-    stage_seconds = json.loads((results / "qc" / "timings" / "features.json").read_text())[
-        "seconds"
-    ]
-    busy = utilisation_samples(samples)
-    first = next((i for i, value in enumerate(busy) if value > 0), 0)
-    last = len(busy) - next((i for i, value in enumerate(reversed(busy)) if value > 0), 0)
-    steady = busy[first:last] or [0.0]
+    record = json.loads((results / "qc" / "timings" / "features.json").read_text())
+    stage_seconds = record["seconds"] - record.get("setup", 0.0)  # the encoder loaded
     rate = spots / stage_seconds
-    where = (
-        subprocess.run(
-            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.strip()
-        if sampler is not None
-        else "no GPU"
-    )
     lines = [
         f"`hespotex features`, {args.architecture} (random weights) on {args.device}, "
         f"{args.side}² px slide at 0.5 µm/px, {spots:,} spots (224 px patches at 0.5 µm/px), "
-        f"batch {args.batch_size}, {args.num_workers} reader threads, on {where} with "
-        f"{os.cpu_count()} CPU cores",
+        f"batch {args.batch_size}, {args.num_workers} reader {args.readers}, on "
+        f"{busy.device or 'no GPU'} with {os.cpu_count()} CPU cores",
         "",
-        "| spots | stage (s) | process (s) | patches/s | GPU busy, steady (%) | "
-        "GPU busy, whole process (%) | peak RSS of features (MB) | TCGA, 200 M spots (GPU-h) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| spots | stage (s) | process (s) | stage patches/s | encoding patches/s | reading, "
+        "encoding, writing (s) | GPU busy | peak RSS (MB) | TCGA, 200 M spots (GPU-h) |",
+        "|---|---|---|---|---|---|---|---|---|",
         f"| {spots:,} | {stage_seconds:.1f} | {process_seconds:.1f} | {rate:,.0f} | "
-        f"{sum(steady) / len(steady):.0f} | {sum(busy) / max(1, len(busy)):.0f} | "
-        f"{peak_mb:.0f} | {TCGA_SPOTS / rate / 3600:.1f} |",
+        f"{spots / record['encoding']:,.0f} | {record['reading']:.1f}, {record['encoding']:.1f}, "
+        f"{record['writing']:.1f} | {busy.summary()} | {peak_mb:.0f} | "
+        f"{TCGA_SPOTS / rate / 3600:.1f} |",
     ]
     write_table(work / "gpu_features.md", lines)
 

@@ -2,8 +2,8 @@
 
 The fault matrix asks that a slide with ≥ 200,000 spots runs in bounded memory. This builds two
 JPEG TIFF pyramids of real H&E pixels (tiatoolbox's tile, tiled) at 0.5 µm/px, lays a 20 µm
-hexagonal grid on them (the huge one gets ≈ 290,000 spots), and runs every stage as the
-pipeline does (`hespotex <stage>`), recording wall time and peak RSS from `/usr/bin/time -v`.
+hexagonal grid on them (the huge one gets ≈ 233,000 spots), and runs every stage as the
+pipeline does (`hespotex <stage>`), recording wall time and peak RSS (``timing.run_timed``).
 To keep it minutes on a 2-core CPU it uses the weights-free `stain-stats` encoder and
 64 px patches at 1.75 µm/px (the same 112 µm field); memory is a matter of the pipeline's
 structure (windowed reads, chunked writes, chunked decoding), not of the encoder.

@@ -6,7 +6,7 @@ chunk, as the decode stage does. Training, through `hespotex.training.fit`'s own
 step of the expression autoencoder (G → 512 → 64, k = 8 with self loops), reading every
 spot's expression latent, then one step of the image stream, on one section of N spots —
 in spatial blocks of `training.spots_per_step` spots (the default), and for comparison on
-the whole graph at once. Each measurement runs in a fresh process under `/usr/bin/time -v`
+the whole graph at once. Each measurement runs in a fresh process under ``timing.run_timed``
 (wall time and peak RSS include starting Python and importing torch, ≈ 0.3 GB).
 
     .venv/bin/python benchmarks/model_scaling.py --work /tmp/hespotex-scaling \

@@ -3,7 +3,7 @@
 Writes a synthetic cohort (per slide an ``expression.h5ad`` of random predictions, its
 ``qc.json`` and a row of the sample sheet; nothing is computed), then times `hespotex
 cohort` (summary.tsv plus pseudobulk.tsv, read with dask a window of slides at a time) and
-records its peak RSS with `/usr/bin/time -v`. Bounded memory shows as a peak that does not
+records its peak RSS (``timing.run_timed``). Bounded memory shows as a peak that does not
 grow with the number of slides.
 
     .venv/bin/python benchmarks/pseudobulk_scaling.py --work /tmp/hespotex-cohort

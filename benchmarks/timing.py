@@ -1,11 +1,14 @@
-"""What the benchmarks share: a command's wall time and peak RSS, writing their tables, and
-building test slides of real H&E pixels."""
+"""What the benchmarks share: a command's wall time and peak RSS, GPU utilisation while it
+runs, writing their tables, and building test slides of real H&E pixels."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 # Runs the command as its only child, so the children's peak RSS is the command's own (what
@@ -73,3 +76,68 @@ def write_table(path: Path, lines: list[str]) -> None:
     table = "\n".join(lines)
     Path(path).write_text(table + "\n")
     print(table)
+
+
+class GpuBusy:
+    """`nvidia-smi` utilisation samples (every 200 ms) of a run; empty without a GPU."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.device = None
+        if shutil.which("nvidia-smi"):
+            self.device = subprocess.run(
+                ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout.strip()
+
+    def samples(self) -> list[float]:
+        values = []
+        for line in self.path.read_text().splitlines() if self.path.exists() else []:
+            try:
+                values.append(float(line.split(",")[0]))
+            except ValueError:
+                continue
+        return values
+
+    def steady(self) -> list[float]:
+        """The samples from the first busy one to the last: the run's steady part."""
+        busy = self.samples()
+        first = next((i for i, value in enumerate(busy) if value > 0), 0)
+        last = len(busy) - next((i for i, value in enumerate(reversed(busy)) if value > 0), 0)
+        return busy[first:last]
+
+    def summary(self) -> str:
+        if self.device is None:
+            return "not measured (no nvidia-smi)"
+        steady, whole = self.steady() or [0.0], self.samples() or [0.0]
+        return (
+            f"{sum(steady) / len(steady):.0f} % steady, {sum(whole) / len(whole):.0f} % over "
+            "the whole run"
+        )
+
+
+@contextmanager
+def utilisation_sampler(path: Path) -> Iterator[GpuBusy]:
+    """Sample GPU utilisation into ``path`` while the block runs (nothing without a GPU)."""
+    busy = GpuBusy(path)
+    if busy.device is None:
+        yield busy
+        return
+    with path.open("w") as sink:
+        sampler = subprocess.Popen(
+            [
+                "nvidia-smi",
+                "--query-gpu=utilization.gpu,memory.used",
+                "--format=csv,noheader,nounits",
+                "-lms",
+                "200",
+            ],
+            stdout=sink,
+        )
+        try:
+            yield busy
+        finally:
+            sampler.terminate()
+            sampler.wait()

@@ -118,7 +118,12 @@ class FeaturesConfig(_Section):
         "than patch_mpp (patches would be mostly interpolation)",
     )
     batch_size: int = Field(64, ge=1, le=4096, description="patches per encoder batch")
-    num_workers: int = Field(2, ge=0, le=64, description="patch-reading threads")
+    num_workers: int = Field(2, ge=0, le=64, description="patch readers (threads or processes)")
+    readers: Literal["threads", "processes"] = Field(
+        "threads",
+        description="processes: each reader its own process, filling shared-memory batches "
+        "(past the GIL, for a GPU node's many cores); threads: in the features process",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto: CUDA when present, else CPU"
     )
@@ -156,7 +161,12 @@ class GraphConfig(_Section):
 
 class DecodeConfig(_Section):
     checkpoint: Path | None = Field(None, description="HESpotEx checkpoint from `hespotex train`")
-    spot_chunk: int = Field(8192, ge=1, description="spots per chunk of the gene heads")
+    spot_chunk: int | None = Field(
+        None,
+        ge=1,
+        description="spots per chunk of the LSTM and gene head; unset: as many as keep the "
+        "chunk's activations near 256 MB (fewer for a large gene panel)",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
@@ -247,6 +257,13 @@ class TrainingConfig(_Section):
 
 
 class OutputsConfig(_Section):
+    expression_step: float = Field(
+        2**-10,
+        ge=0,
+        le=0.1,
+        description="predictions are rounded to multiples of this (log1p CPM; the model's "
+        "error is far larger) so that expression.h5ad compresses ≈ 1.7×; 0 keeps every bit",
+    )
     genes: list[str] = Field(
         default_factory=list,
         description="genes drawn as heatmaps and top-patch montages, and written as QuPath "
@@ -288,6 +305,14 @@ class ClusterConfig(_Section):
     gpus_per_features_job: int = Field(
         1, ge=0, le=16, description="GPUs per features job; 0 on a cluster without GPUs"
     )
+    gpus_per_predict_job: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description="GPUs per predict job: decoding is light with a few hundred genes, but its "
+        "LSTM grows with the square of the gene count (5,457 genes: tens of ms per spot on two "
+        "CPU cores, benchmarks/RESULTS.md); set decode.device too",
+    )
     light: JobResources = Field(
         JobResources(cpus=1, mem_mb=4000, runtime_min=5),
         description="each tissue, tiles, graph, decode and outputs stage (one slide)",
@@ -296,6 +321,21 @@ class ClusterConfig(_Section):
         JobResources(cpus=8, mem_mb=16000, runtime_min=20),
         description="each features job (one slide)",
     )
+
+
+class SlidesPerJob(_Section):
+    """How many slides one workflow job runs, one after another in one process (a SLURM job
+    asks for one slide's CPUs and memory and the sum of their run times)."""
+
+    prepare: int = Field(50, ge=1, le=10_000, description="tissue + tiles (light)")
+    features: int = Field(
+        10,
+        ge=1,
+        le=10_000,
+        description="features (GPU): the encoder loads once per job, so more slides per job "
+        "spend less of it on start-up",
+    )
+    predict: int = Field(50, ge=1, le=10_000, description="graph + decode + outputs (light)")
 
 
 class PipelineConfig(_Section):
@@ -313,6 +353,7 @@ class PipelineConfig(_Section):
     training: TrainingConfig = TrainingConfig()
     outputs: OutputsConfig = OutputsConfig()
     cluster: ClusterConfig = ClusterConfig()
+    slides_per_job: SlidesPerJob = SlidesPerJob()
 
 
 def _format_validation_error(error: ValidationError, source: str) -> str:
@@ -403,8 +444,10 @@ def read_sample_sheet(path: Path) -> dict[str, SampleRow]:
     return rows
 
 
-def sample_for(config: PipelineConfig, slide_id: str) -> SampleRow:
+def samples_for(config: PipelineConfig, slide_ids: list[str]) -> list[SampleRow]:
+    """The sheet's rows of ``slide_ids``, in that order; an unknown id is an error."""
     samples = read_sample_sheet(config.samples)
-    if slide_id not in samples:
-        raise ConfigError(f"{config.samples}: no slide with slide_id '{slide_id}'")
-    return samples[slide_id]
+    unknown = [slide_id for slide_id in slide_ids if slide_id not in samples]
+    if unknown:
+        raise ConfigError(f"{config.samples}: no slide with slide_id {', '.join(unknown)}")
+    return [samples[slide_id] for slide_id in slide_ids]

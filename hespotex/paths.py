@@ -1,4 +1,4 @@
-"""Where every per-slide file lives: one layer shared by the Snakemake rules and the CLI.
+"""Where every file lives: one layer shared by the Snakemake rules and the CLI.
 
 Pure path arithmetic, no I/O. With ``slide_id="{slide}"`` the same object yields Snakemake
 patterns, so rules and code can never disagree on a file name.
@@ -13,6 +13,8 @@ from pathlib import Path
 COHORT_FOLDER = "cohort"
 # The stages a slide goes through, in order; each is a `hespotex` sub-command with its own log.
 STAGES = ("tissue", "tiles", "features", "graph", "decode", "outputs")
+# The workflow's jobs, each running its stages one after another over a shard of slides.
+JOBS = {"prepare": ("tissue", "tiles"), "features": ("features",), "predict": STAGES[3:]}
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,38 @@ class CohortPaths:
     def pseudobulk(self) -> Path:
         return self.root / "pseudobulk.tsv"
 
+    def gallery(self, kind: str) -> Path:
+        """The finished slides' images of one kind (tissue_qc, heatmaps, top_patches), linked
+        for `snakemake --report`."""
+        return self.root / "gallery" / kind
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """The run's own files under ``results/.hespotex/``: the validated config the rules pass
+    to every command, and per shard of slides (one job's worth) its sample rows, the manifest
+    saying how each slide ended, and the log of failures that makes the next run retry them.
+    ``shard`` is a zero-padded index (or ``{shard}`` for Snakemake patterns)."""
+
+    results: Path
+
+    @property
+    def root(self) -> Path:
+        return Path(self.results) / ".hespotex"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    def shard_sheet(self, job: str, shard: str) -> Path:
+        return self.root / "shards" / job / f"{shard}.tsv"
+
+    def shard_manifest(self, job: str, shard: str) -> Path:
+        return self.root / "shards" / job / f"{shard}.manifest.tsv"
+
+    def shard_failures(self, job: str, shard: str) -> Path:
+        return self.root / "shards" / job / f"{shard}.failures.jsonl"
+
 
 @dataclass(frozen=True)
 class LogPaths:
@@ -111,6 +145,9 @@ class LogPaths:
 
     def stage(self, stage: str, slide_id: str) -> Path:
         return Path(self.logs) / stage / f"{slide_id}.log"
+
+    def shard(self, job: str, shard: str) -> Path:
+        return Path(self.logs) / "shards" / job / f"{shard}.log"
 
     @property
     def cohort(self) -> Path:

@@ -32,6 +32,15 @@ VIEWERS_PYTHON = REPO / ".venv-viewers" / "bin" / "python"
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _checksum_cache(tmp_path_factory) -> None:
+    """The weights checksum cache of the tests' own, not the user's ~/.cache (subprocesses,
+    Snakemake and its jobs, inherit it)."""
+    from hespotex.io.checksum import CACHE_DIR_VARIABLE
+
+    os.environ[CACHE_DIR_VARIABLE] = str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _shared_data_present() -> None:
     if not SVS.is_file():
         pytest.fail(f"the real test data is missing: expected {SHARED_DATA} beside the checkout")

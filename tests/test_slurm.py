@@ -9,6 +9,7 @@ started; `.ci/run` sets HESPOTEX_REQUIRE_SLURM=1, which turns that skip into a f
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import time
@@ -16,12 +17,13 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import REPO, REQUIRE_SLURM, SVS, unavailable, venv_env, write_config, write_sheet
 from test_workflow import outputs_of, run_snakemake, snakemake_command
 
 from hespotex.io.stores import read_feature_store
-from hespotex.paths import SlidePaths
+from hespotex.paths import RunPaths, SlidePaths
 
 pytestmark = pytest.mark.e2e
 CLUSTER_SCRIPT = REPO / "tests" / "slurm" / "cluster.sh"
@@ -80,41 +82,78 @@ def job_state(job_id: str) -> str:
     return re.search(r"JobState=(\S+)", shown.stdout)[1]
 
 
+GOOD_SLIDES = ("svs", "tagged")
+
+
 @pytest.fixture(scope="module")
 def local_and_slurm_runs(tmp_path_factory, small_pyramids, trained_checkpoint, slurm_cluster):
+    """The same three slides, a corrupt one between two good ones, locally and on SLURM."""
     runs = {}
     for name in ("local", "slurm"):
         folder = tmp_path_factory.mktemp(name)
+        corrupt = folder / "corrupt.tif"
+        corrupt.write_bytes(small_pyramids["tagged"].read_bytes()[:50_000])
         sheet = write_sheet(
-            folder / "samples.tsv", [("svs", SVS, None), ("tagged", small_pyramids["tagged"], None)]
+            folder / "samples.tsv",
+            [
+                ("svs", SVS, None),
+                ("corrupt", corrupt, None),
+                ("tagged", small_pyramids["tagged"], None),
+            ],
         )
         config = write_config(folder, sheet, trained_checkpoint, cluster=TEST_CLUSTER)
         if name == "local":
             result = run_snakemake(folder, config, "--cores", "2")
         else:
             result = run_on_slurm(folder, config)
-        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-        runs[name] = (folder, config, sheet, result.stdout + result.stderr)
+        log = result.stdout + result.stderr
+        assert result.returncode != 0 and "1 of 3 slide(s) failed" in log, log[-3000:]
+        runs[name] = (folder, config, sheet, log)
     return runs
 
 
-def test_every_rule_went_through_sbatch_in_grouped_jobs(local_and_slurm_runs):
+def test_every_job_went_through_sbatch_and_the_corrupt_slide_failed_alone(local_and_slurm_runs):
     folder, _, _, log = local_and_slurm_runs["slurm"]
     job_ids = submitted_job_ids(log)
-    # Two slides: one "prepare" (tissue + tiles), one "encode" (features) and one "predict"
-    # (graph + decode) submission, instead of six jobs; then the cohort tables' job.
+    # Three slides: one prepare (tissue + tiles), one features and one predict (graph +
+    # decode + outputs) job, instead of eighteen; then the cohort tables' job. Every job
+    # succeeds: the corrupt slide is recorded, not raised.
     assert len(job_ids) == 4, log[-3000:]
-    for group in ("prepare", "encode", "predict"):
-        assert f"group_{group}" in log
-    summary = (folder / "results" / "cohort" / "summary.tsv").read_text().splitlines()
-    assert [line.split("\t")[:2] for line in summary[1:]] == [["svs", "done"], ["tagged", "done"]]
     assert all(job_state(job_id) == "COMPLETED" for job_id in job_ids)
+    summary = pd.read_csv(
+        folder / "results" / "cohort" / "summary.tsv", sep="\t", keep_default_na=False
+    )
+    assert summary[["slide_id", "status", "failed_stage"]].values.tolist() == [
+        ["svs", "done", ""],
+        ["corrupt", "failed", "tissue"],
+        ["tagged", "done", ""],
+    ]
+    assert "corrupt.tif" in summary.loc[1, "reason"]
+    assert "corrupt: tissue: " in log
+
+
+def test_the_next_slurm_run_retries_only_the_failed_slide(local_and_slurm_runs):
+    folder, config, _, _ = local_and_slurm_runs["slurm"]
+    results = folder / "results"
+    finished = {
+        path: path.stat().st_mtime_ns
+        for slide_id in GOOD_SLIDES
+        for path in outputs_of(results, slide_id)
+    }
+    retry = run_on_slurm(folder, config)
+    log = retry.stdout + retry.stderr
+    assert retry.returncode != 0 and "1 of 3 slide(s) failed" in log, log[-3000:]
+    assert submitted_job_ids(log), "the retry went through sbatch"
+    for path, mtime in finished.items():
+        assert path.stat().st_mtime_ns == mtime, f"{path} was recomputed"
+    failures = RunPaths(results).shard_failures("prepare", "00000").read_text().splitlines()
+    assert [json.loads(line)["slide_id"] for line in failures] == ["corrupt", "corrupt"]
 
 
 def test_slurm_results_equal_the_local_run(local_and_slurm_runs):
     local_results = local_and_slurm_runs["local"][0] / "results"
     slurm_results = local_and_slurm_runs["slurm"][0] / "results"
-    for slide_id in ("svs", "tagged"):
+    for slide_id in GOOD_SLIDES:
         for path in outputs_of(slurm_results, slide_id):
             assert path.exists(), path
         local, remote = SlidePaths(local_results, slide_id), SlidePaths(slurm_results, slide_id)
@@ -131,13 +170,16 @@ def test_slurm_results_equal_the_local_run(local_and_slurm_runs):
 def test_scancel_of_a_running_job_then_rerun_finishes_without_redoing_finished_slides(
     local_and_slurm_runs, small_pyramids
 ):
+    """With the corrupt slide repaired and a slide added, a job is cancelled; the rerun
+    finishes both without recomputing the finished slides."""
     folder, config, sheet, _ = local_and_slurm_runs["slurm"]
     results = folder / "results"
     finished = {
         path: path.stat().st_mtime_ns
-        for slide_id in ("svs", "tagged")
+        for slide_id in GOOD_SLIDES
         for path in outputs_of(results, slide_id)
     }
+    (folder / "corrupt.tif").write_bytes(small_pyramids["tagged"].read_bytes())
     with sheet.open("a") as handle:
         handle.write(f"untagged\t{small_pyramids['untagged']}\t0.5\n")
     process = subprocess.Popen(
@@ -173,8 +215,8 @@ def test_scancel_of_a_running_job_then_rerun_finishes_without_redoing_finished_s
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-3000:]
     rerun_log = rerun.stdout + rerun.stderr
     assert submitted_job_ids(rerun_log), "the rerun went through sbatch"
-    for path in outputs_of(results, "untagged"):
-        assert path.exists(), path
+    for slide_id in ("untagged", "corrupt"):
+        for path in outputs_of(results, slide_id):
+            assert path.exists(), path
     for path, mtime in finished.items():
         assert path.stat().st_mtime_ns == mtime, f"{path} was recomputed"
-    assert "slide=svs" not in rerun_log and "slide=tagged" not in rerun_log

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -25,7 +26,7 @@ from conftest import (
     write_sheet,
 )
 
-from hespotex.paths import STAGES, CohortPaths, SlidePaths
+from hespotex.paths import STAGES, CohortPaths, RunPaths, SlidePaths
 
 pytestmark = pytest.mark.e2e
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
@@ -238,9 +239,12 @@ def test_bad_sample_sheet_stops_before_any_job_naming_the_row(tmp_path, trained_
     assert not (tmp_path / "results" / "svs").exists()
 
 
-def test_keep_going_finishes_good_slides_and_logs_why_bad_ones_failed(
+def test_bad_slides_fail_alone_and_the_next_run_retries_only_them(
     tmp_path, small_pyramids, trained_checkpoint
 ):
+    """Bad slides in the middle of one batch (every job here runs all four slides): the good
+    slide is finished in the same run, the run ends with an error naming the bad ones, and a
+    rerun retries only them; once a file is repaired, the rerun finishes it."""
     truncated = tmp_path / "truncated.tif"
     data = small_pyramids["tagged"].read_bytes()
     truncated.write_bytes(data[: len(data) // 3])
@@ -248,54 +252,70 @@ def test_keep_going_finishes_good_slides_and_logs_why_bad_ones_failed(
     sheet = write_sheet(
         tmp_path / "samples.tsv",
         [
-            ("good", SVS, None),
             ("truncated", truncated, None),
+            ("good", SVS, None),
             ("rejected", OPENSLIDE_REJECTS, None),
             ("missing", missing, None),
         ],
     )
     config = write_config(tmp_path, sheet, trained_checkpoint)
-    result = run_snakemake(tmp_path, config, "--cores", "2", "--keep-going")
+    result = run_snakemake(tmp_path, config, "--cores", "2")
     assert result.returncode != 0
-    assert SlidePaths(tmp_path / "results", "good").expression.is_file()
+    assert "3 of 4 slide(s) failed" in result.stderr
+    results = tmp_path / "results"
+    assert SlidePaths(results, "good").expression.is_file()
     causes = {
         "truncated": str(truncated),
         "rejected": "Couldn't get image flavor",
         "missing": "does not exist",
     }
     for slide_id, cause in causes.items():
-        assert not SlidePaths(tmp_path / "results", slide_id).expression.exists()
+        assert not SlidePaths(results, slide_id).expression.exists()
         logs = "".join(p.read_text() for p in (tmp_path / "logs").glob(f"*/{slide_id}.log"))
         error_lines = [line for line in logs.splitlines() if " ERROR " in line]
         assert error_lines, f"no error logged for {slide_id}"
         assert any(cause in line for line in error_lines), error_lines
         assert any(f"[slide {slide_id}]" in line for line in error_lines)
-    assert not list((tmp_path / "results").rglob("*.tmp"))
-    cohort = CohortPaths(tmp_path / "results")
+        assert f"  {slide_id}: tissue: " in result.stderr
+    assert not list(results.rglob("*.tmp"))
+    cohort = CohortPaths(results)
     summary = pd.read_csv(cohort.summary, sep="\t", index_col="slide_id", keep_default_na=False)
     assert summary.loc["good", "status"] == "done"
     for slide_id, cause in causes.items():
         assert summary.loc[slide_id, "status"] == "failed"
-        assert summary.loc[slide_id, "failed_stage"] in STAGES
+        assert summary.loc[slide_id, "failed_stage"] == "tissue"
         assert cause in summary.loc[slide_id, "reason"]
     assert list(pd.read_csv(cohort.pseudobulk, sep="\t", index_col=0).index) == ["good"]
+
+    finished = {path: path.stat().st_mtime_ns for path in outputs_of(results, "good")}
+    retry = run_snakemake(tmp_path, config, "--cores", "2")
+    assert retry.returncode != 0 and "3 of 4 slide(s) failed" in retry.stderr
+    for path, mtime in finished.items():
+        assert path.stat().st_mtime_ns == mtime, f"{path} was recomputed"
+    failures = RunPaths(results).shard_failures("prepare", "00000").read_text().splitlines()
+    assert sorted(json.loads(line)["slide_id"] for line in failures) == sorted(2 * list(causes))
+
+    truncated.write_bytes(data)
+    repaired = run_snakemake(tmp_path, config, "--cores", "2")
+    assert repaired.returncode != 0 and "2 of 4 slide(s) failed" in repaired.stderr
+    for path in outputs_of(results, "truncated"):
+        assert path.exists(), path
+    for path, mtime in finished.items():
+        assert path.stat().st_mtime_ns == mtime, f"{path} was recomputed"
 
 
 def test_sigkill_during_features_then_rerun_incomplete_finishes_without_redoing(
     tmp_path, small_pyramids, trained_checkpoint
 ):
+    """A features job of two slides killed while writing the second: the first slide's store,
+    finished by the killed job, is kept and not recomputed by the resumed run."""
     sheet = write_sheet(
         tmp_path / "samples.tsv",
         [("first", SVS, None), ("second", small_pyramids["tagged"], None)],
     )
     config = write_config(tmp_path, sheet, trained_checkpoint, grid={"spacing_um": 40.0})
     results = tmp_path / "results"
-    first = SlidePaths(results, "first")
-    done = run_snakemake(tmp_path, config, "--cores", "2", str(first.expression))
-    assert done.returncode == 0, done.stderr[-2000:]
-    finished_mtimes = {path: path.stat().st_mtime_ns for path in outputs_of(results, "first")}
-
-    second = SlidePaths(results, "second")
+    first, second = SlidePaths(results, "first"), SlidePaths(results, "second")
     partial = second.features.with_name(second.features.name + ".tmp")
     process = subprocess.Popen(
         snakemake_command(tmp_path, config, "--cores", "1"),
@@ -311,13 +331,16 @@ def test_sigkill_during_features_then_rerun_incomplete_finishes_without_redoing(
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert not second.features.exists(), "a partial feature store looks finished"
-    assert not second.expression.exists()
+    assert first.features.is_dir() and first.stage_timing("features").is_file()
+    kept = [first.spots, first.features, first.stage_timing("features")]
+    finished_mtimes = {path: path.stat().st_mtime_ns for path in kept}
 
     assert run_snakemake(tmp_path, config, "--unlock").returncode == 0
     resumed = run_snakemake(tmp_path, config, "--cores", "2", "--rerun-incomplete")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    for path in outputs_of(results, "second"):
-        assert path.exists(), path
+    for slide in ("first", "second"):
+        for path in outputs_of(results, slide):
+            assert path.exists(), path
     assert not partial.exists()
     for path, mtime in finished_mtimes.items():
         assert path.stat().st_mtime_ns == mtime, f"{path} was recomputed"

@@ -1,14 +1,14 @@
 """The `hespotex` command line: one sub-command per pipeline stage, plus train and helpers.
 
-Each stage takes the config and a slide id, exactly as the Snakemake rules call it, so any
-step can be rerun by hand. Heavy libraries are imported inside the commands, so
-``hespotex --help`` and a config error answer at once.
+Each stage takes the config and slide ids (`hespotex features --config C SLIDE ...`), so any
+step can be rerun by hand; `hespotex run --stages ... --shard SHEET` is what the workflow's
+jobs call: several stages over a shard of slides in one process. Heavy libraries are imported
+inside the commands, so ``hespotex --help`` and a config error answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 from pathlib import Path
@@ -24,61 +24,64 @@ def _config(args: argparse.Namespace):
     return load_config(args.config)
 
 
-def _open_sample_slide(config, slide_id: str):
-    from hespotex.config import sample_for
-    from hespotex.io.slide import open_slide
-
-    sample = sample_for(config, slide_id)
-    return open_slide(sample.slide_path, slide_id, sample.mpp)
-
-
-# Each stage's sub-command: the function it runs, whether that reads the slide, its help.
-STAGE_COMMANDS = {
-    "tissue": ("hespotex.stages.tissue:run_tissue", True, "tissue mask, thumbnail and QC overlay"),
-    "tiles": ("hespotex.stages.tiles:run_tiles", False, "spot grid over the tissue"),
-    "features": (
-        "hespotex.stages.features:run_features",
-        True,
-        "encode each spot's patch into Zarr",
-    ),
-    "graph": ("hespotex.stages.graph:run_graph", False, "sparse kNN spot graph"),
-    "decode": (
-        "hespotex.stages.decode:run_decode",
-        False,
-        "predict expression → expression.h5ad",
-    ),
-    "outputs": (
-        "hespotex.outputs.per_slide:write_slide_outputs",
-        True,
-        "heatmaps, top patches, QuPath GeoJSON, then qc.json",
-    ),
+STAGE_HELP = {
+    "tissue": "tissue mask, thumbnail and QC overlay",
+    "tiles": "spot grid over the tissue",
+    "features": "encode each spot's patch into Zarr",
+    "graph": "sparse kNN spot graph",
+    "decode": "predict expression → expression.h5ad",
+    "outputs": "heatmaps, top patches, QuPath GeoJSON, then qc.json",
 }
 
 
-def cmd_stage(args: argparse.Namespace) -> None:
-    """Run one stage of one slide inside its timing (``qc/timings/{stage}.json``, written
-    once the stage has succeeded), with the slide opened when the stage reads it."""
-    from hespotex.outputs.qc import timed_stage
-    from hespotex.paths import SlidePaths
+class SlidesFailed(HespotexError):
+    """Some slides failed; each is named with its cause in the log above."""
 
-    target, reads_slide, _ = STAGE_COMMANDS[args.stage]
-    module, function = target.split(":")
-    run = getattr(importlib.import_module(module), function)
+
+def _samples(args: argparse.Namespace, config) -> list:
+    from hespotex.config import read_sample_sheet, samples_for
+
+    if args.shard is not None:
+        return list(read_sample_sheet(args.shard).values())
+    return samples_for(config, list(dict.fromkeys(args.slide_ids)))
+
+
+def _stages(args: argparse.Namespace) -> list[str]:
+    from hespotex.errors import ConfigError
+    from hespotex.paths import STAGES
+
+    stages = [args.stage] if args.stage else args.stages
+    first = STAGES.index(stages[0])
+    if stages != list(STAGES[first : first + len(stages)]):
+        raise ConfigError(f"--stages {' '.join(stages)}: give consecutive stages of {STAGES}")
+    return stages
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    """Stages over slides in one process (``hespotex.cli.batch``). Slides named on the command
+    line: a failed slide makes the command fail once the others are done. A shard (the
+    workflow's jobs): each slide's stages log to ``logs/{stage}/{slide}.log``, failures are
+    recorded in the manifest and the failure log, and the command succeeds."""
+    from hespotex.cli.batch import Outcome, record_failures, run_batch, write_manifest
+
     config = _config(args)
-    with timed_stage(SlidePaths(config.results, args.slide_id), args.stage):
-        if not reads_slide:
-            run(args.slide_id, config)
-            return
-        with _open_sample_slide(config, args.slide_id) as slide:
-            run(slide, args.slide_id, config)
-
-
-def cmd_outputs(args: argparse.Namespace) -> None:
-    """The last stage, then ``qc.json``, which gathers every stage's timing."""
-    from hespotex.outputs.qc import write_slide_qc
-
-    cmd_stage(args)
-    write_slide_qc(_config(args), args.slide_id)
+    shard_mode = args.shard is not None
+    results = run_batch(config, _samples(args, config), _stages(args), args.force, shard_mode)
+    failed = [result for result in results if result.status is Outcome.FAILED]
+    if shard_mode:
+        write_manifest(args.manifest, results)
+        record_failures(args.failures, results)
+        logger.info(
+            "%d slide(s): %d done, %d failed, %d waiting for an earlier stage",
+            len(results),
+            sum(result.status is Outcome.DONE for result in results),
+            len(failed),
+            sum(result.status is Outcome.WAITING for result in results),
+        )
+        return
+    if failed:
+        names = ", ".join(f"{result.slide_id} ({result.stage})" for result in failed)
+        raise SlidesFailed(f"{len(failed)} of {len(results)} slide(s) failed: {names}")
 
 
 def cmd_cohort(args: argparse.Namespace) -> None:
@@ -166,11 +169,13 @@ def cmd_demo_data(args: argparse.Namespace) -> None:
     build_demo(args.out, Path(args.shared_data))
 
 
-def _add_stage(subparsers, name: str, handler, help_text: str) -> None:
-    parser = subparsers.add_parser(name, help=help_text)
-    parser.add_argument("slide_id", help="a slide_id of the sample sheet")
+def _add_slides(parser: argparse.ArgumentParser, stage: str | None = None) -> None:
+    parser.add_argument("slide_ids", nargs="*", metavar="SLIDE_ID", help="slide_ids of the sheet")
     parser.add_argument("--config", type=Path, required=True, help="pipeline config YAML")
-    parser.set_defaults(handler=handler, stage=name)
+    parser.add_argument(
+        "--force", action="store_true", help="redo stages whose records are up to date"
+    )
+    parser.set_defaults(handler=cmd_run, shard=None, stage=stage)
 
 
 def _add_scoring(subparsers, name: str, handler, help_text: str) -> argparse.ArgumentParser:
@@ -189,9 +194,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for stage, (_, _, help_text) in STAGE_COMMANDS.items():
-        handler = cmd_outputs if stage == "outputs" else cmd_stage
-        _add_stage(subparsers, stage, handler, help_text)
+    for stage, help_text in STAGE_HELP.items():
+        _add_slides(subparsers.add_parser(stage, help=help_text), stage)
+    run = subparsers.add_parser(
+        "run", help="consecutive stages over many slides in one process (the workflow's jobs)"
+    )
+    _add_slides(run)
+    run.add_argument("--stages", nargs="+", required=True, choices=list(STAGE_HELP))
+    shard = run.add_argument_group(
+        "shard mode (the workflow's jobs): slides from a sheet, failures recorded, not raised"
+    )
+    shard.add_argument("--shard", type=Path, help="sample sheet of the shard's slides")
+    shard.add_argument("--manifest", type=Path, help="where the shard's outcome is written")
+    shard.add_argument("--failures", type=Path, help="the shard's failure log (appended)")
 
     cohort = subparsers.add_parser(
         "cohort", help="results/cohort/: summary.tsv of every slide, pseudobulk.tsv"
@@ -249,17 +264,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     logging.captureWarnings(True)
+    if args.handler is cmd_run:
+        _check_slides_or_shard(parser, args)
     try:
         args.handler(args)
     except HespotexError as error:
-        slide = f" [slide {args.slide_id}]" if getattr(args, "slide_id", None) else ""
-        logger.error("%s failed%s: %s", args.command, slide, error)
+        logger.error("%s failed: %s", args.command, error)
         return 1
     return 0
+
+
+def _check_slides_or_shard(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.shard is None and not args.slide_ids:
+        parser.error(f"{args.command}: name at least one SLIDE_ID (or --shard)")
+    if args.shard is not None and (args.slide_ids or not (args.manifest and args.failures)):
+        parser.error(f"{args.command}: --shard takes --manifest and --failures, no SLIDE_IDs")

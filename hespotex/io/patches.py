@@ -9,7 +9,8 @@ whose patches fit one region of at most ``max_region_px`` level pixels a side, r
 the patches are cropped from it. The tiles stage numbers spots block by block, so neighbours
 are read together either way. Batches are read by a pool of threads (the JPEG codecs and
 OpenSlide release the GIL) at most ``max(1, workers) + 1`` batches ahead, into fresh arrays,
-so memory stays bounded whatever the slide's size.
+so memory stays bounded whatever the slide's size; ``hespotex.io.readers`` reads them in
+processes instead.
 """
 
 from __future__ import annotations
@@ -59,9 +60,23 @@ def plan_runs(origins: np.ndarray, patch_level_px: int, max_region_px: int) -> l
     return runs
 
 
+def patch_origins(slide: Slide, centres_px: np.ndarray, plan: ReadPlan) -> np.ndarray:
+    """Each patch's top-left corner in read-level pixels."""
+    downsample = slide.backend.level_downsamples[plan.level]
+    return field_origins(np.asarray(centres_px, dtype=np.float64), plan, downsample)
+
+
 def read_batch(slide: Slide, origins: np.ndarray, plan: ReadPlan, max_region_px: int) -> np.ndarray:
     """The patches at ``origins`` (read-level pixels), (k, output_px, output_px, 3) uint8."""
     patches = np.empty((len(origins), plan.output_px, plan.output_px, 3), dtype=np.uint8)
+    read_batch_into(patches, slide, origins, plan, max_region_px)
+    return patches
+
+
+def read_batch_into(
+    patches: np.ndarray, slide: Slide, origins: np.ndarray, plan: ReadPlan, max_region_px: int
+) -> None:
+    """Fill ``patches`` (k, output_px, output_px, 3) with the patches at ``origins``."""
     tiles = slide.backend.tiles
     side = plan.level_px
     if tiles is not None:
@@ -70,7 +85,7 @@ def read_batch(slide: Slide, origins: np.ndarray, plan: ReadPlan, max_region_px:
                 tiles.read_into(patches[index], plan.level, x, y)
             else:
                 patches[index] = resample_field(tiles.read(plan.level, x, y, side, side), plan)
-        return patches
+        return
     downsample = slide.backend.level_downsamples[plan.level]
     for run in plan_runs(origins, side, max_region_px):
         region = slide.backend.read_region(
@@ -79,7 +94,6 @@ def read_batch(slide: Slide, origins: np.ndarray, plan: ReadPlan, max_region_px:
         for index in range(run.start, run.stop):
             x, y = origins[index] - (run.left, run.top)
             patches[index] = resample_field(region[y : y + side, x : x + side], plan)
-    return patches
 
 
 def iter_patch_batches(
@@ -90,9 +104,8 @@ def iter_patch_batches(
     workers: int,
     max_region_px: int = 2048,
 ) -> Iterator[np.ndarray]:
-    """(B, H, W, 3) uint8 batches in spot order."""
-    downsample = slide.backend.level_downsamples[plan.level]
-    origins = field_origins(np.asarray(centres_px, dtype=np.float64), plan, downsample)
+    """(B, H, W, 3) uint8 batches in spot order, read by ``workers`` threads."""
+    origins = patch_origins(slide, centres_px, plan)
     ahead = max(1, workers)
     with ThreadPoolExecutor(max_workers=ahead) as pool:
         pending: deque = deque()

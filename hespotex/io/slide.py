@@ -79,6 +79,9 @@ class Slide:
         return self
 
     def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
         self.backend.close()
 
     @property

@@ -6,6 +6,9 @@ Writers fill arrays chunk by chunk, so a slide never needs all of N × D in memo
 
 from __future__ import annotations
 
+import queue
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,9 +35,14 @@ COMPRESSOR = BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
 
 
 class FeatureStoreWriter:
-    """Creates ``features`` (N × D float16, row-chunked) and ``coords`` (N × 2 level-0 px)
-    and buffers rows until a whole chunk can be written; ``nucleus_counts`` (N float32), when
-    the checkpoint scales by them, is written at the end (4 bytes a spot)."""
+    """Creates ``features`` (N × D float16, row-chunked) and ``coords`` (N × 2 level-0 px).
+    Rows are compressed and written whole chunks at a time by a thread of its own, so the
+    encoder goes on meanwhile; ``append`` waits only when the writer is ``QUEUED_BATCHES``
+    behind (``waited`` counts those seconds). ``nucleus_counts`` (N float32), when the
+    checkpoint scales by them, is written at the end (4 bytes a spot). A context manager:
+    leaving it stops the thread, also on an error."""
+
+    QUEUED_BATCHES = 4
 
     def __init__(
         self,
@@ -66,12 +74,41 @@ class FeatureStoreWriter:
         self._buffer: list[np.ndarray] = []
         self._buffered = 0
         self._written = 0
+        self.waited = 0.0
+        self._error: BaseException | None = None
+        self._queue: queue.Queue[np.ndarray | None] = queue.Queue(self.QUEUED_BATCHES)
+        self._thread = threading.Thread(target=self._write_queued, daemon=True)
+        self._thread.start()
+
+    def __enter__(self) -> FeatureStoreWriter:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop()
 
     def append(self, rows: np.ndarray) -> None:
-        self._buffer.append(rows.astype(np.float16))
-        self._buffered += len(rows)
-        while self._buffered >= self.chunk_rows:
-            self._flush(self.chunk_rows)
+        if self._error is not None:
+            raise self._error
+        started = time.perf_counter()
+        self._queue.put(rows.astype(np.float16))
+        self.waited += time.perf_counter() - started
+
+    def _write_queued(self) -> None:
+        while (rows := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # keep taking rows so that append never blocks on a dead writer
+            try:
+                self._buffer.append(rows)
+                self._buffered += len(rows)
+                while self._buffered >= self.chunk_rows:
+                    self._flush(self.chunk_rows)
+            except BaseException as error:
+                self._error = error
+
+    def _stop(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
 
     def _flush(self, count: int) -> None:
         block = np.concatenate(self._buffer, axis=0)
@@ -82,6 +119,11 @@ class FeatureStoreWriter:
         self._buffered = len(rest)
 
     def close(self, nucleus_counts: np.ndarray | None = None) -> int:
+        started = time.perf_counter()
+        self._stop()
+        self.waited += time.perf_counter() - started
+        if self._error is not None:
+            raise self._error
         if self._buffered:
             self._flush(self._buffered)
         n_spots = self._features.shape[0]

@@ -9,17 +9,24 @@ nuclei are counted on the same pixels the encoder sees.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
-from typing import NamedTuple
+from contextlib import closing
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 from tqdm import tqdm
 
 from hespotex.config import FeaturesConfig, NucleusCounter
+from hespotex.io.backends import ArraySlide
 from hespotex.io.patches import iter_patch_batches
 from hespotex.io.slide import Slide, check_patch_geometry
 from hespotex.model.nuclei import count_nuclei
 from hespotex.model.runners import OnnxRunner, TorchRunner
+
+if TYPE_CHECKING:
+    from hespotex.io.readers import ReaderProcesses
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +36,19 @@ class EncodedBatch(NamedTuple):
     nucleus_counts: np.ndarray | None
 
 
+@dataclass
+class EncodingTimes:
+    """Seconds the encoding loop spent waiting for patches, in the encoder and counting
+    nuclei: where a slide's features time goes."""
+
+    reading: float = 0.0
+    encoding: float = 0.0
+    counting: float = 0.0
+
+    def rounded(self) -> dict[str, float]:
+        return {name: round(value, 3) for name, value in asdict(self).items()}
+
+
 def encode_patches(
     slide: Slide,
     centres_px: np.ndarray,
@@ -36,9 +56,12 @@ def encode_patches(
     config: FeaturesConfig,
     description: str = "encoding",
     nucleus_counter: NucleusCounter = NucleusCounter.NONE,
+    readers: ReaderProcesses | None = None,
+    times: EncodingTimes | None = None,
 ) -> Iterator[EncodedBatch]:
     """Features (B × D float32) for the patches centred on ``centres_px``, batch by batch,
-    with the patches' nucleus counts when a counter is named."""
+    with the patches' nucleus counts when a counter is named. Patches are read by
+    ``readers`` (processes) when given and the slide is a file, else by threads."""
     plan = slide.plan(config.patch_um, config.patch_mpp)
     logger.info(
         "patches: %d px at %.3f µm/px, read as %d px from level %d (%.3f µm/px)",
@@ -49,16 +72,32 @@ def encode_patches(
         slide.level_mpp(plan.level),
     )
     check_patch_geometry(slide, config.patch_um, config.patch_mpp, config.max_upsampling)
-    batches = iter_patch_batches(
-        slide, centres_px, plan, config.batch_size, config.num_workers, config.max_region_px
-    )
-    with tqdm(total=len(centres_px), desc=description, unit="patch", mininterval=5) as progress:
-        for patches in batches:
+    if readers is not None and slide.reader != ArraySlide.name:
+        batches = readers.batches(
+            slide, description, centres_px, plan, config.batch_size, config.max_region_px
+        )
+    else:
+        batches = iter_patch_batches(
+            slide, centres_px, plan, config.batch_size, config.num_workers, config.max_region_px
+        )
+    times = times if times is not None else EncodingTimes()
+    with (
+        closing(batches),
+        tqdm(total=len(centres_px), desc=description, unit="patch", mininterval=5) as progress,
+    ):
+        while True:
+            started = time.perf_counter()
+            patches = next(batches, None)
+            read = time.perf_counter()
+            times.reading += read - started
+            if patches is None:
+                return
             features = runner(patches, slide.path)
-            nucleus_counts = (
-                None
-                if nucleus_counter == NucleusCounter.NONE
-                else count_nuclei(patches, config.patch_mpp)
-            )
+            encoded = time.perf_counter()
+            times.encoding += encoded - read
+            nucleus_counts = None
+            if nucleus_counter != NucleusCounter.NONE:
+                nucleus_counts = count_nuclei(patches, config.patch_mpp)
+                times.counting += time.perf_counter() - encoded
             progress.update(len(patches))
             yield EncodedBatch(features, nucleus_counts)

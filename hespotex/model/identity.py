@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from hespotex.config import RANDOM_WEIGHTS, EncoderArchitecture, EncoderConfig
 from hespotex.errors import ConfigError, EncoderMismatchError, InputDataError
-from hespotex.io.checksum import file_sha256
+from hespotex.io.checksum import cached_sha256
 
 NO_WEIGHTS = "none"
 WEIGHTS_FREE = "weights-free"
@@ -93,7 +93,7 @@ def weights_checksum(config: EncoderConfig) -> str:
     weights = Path(config.weights)
     if not weights.is_file():
         raise ConfigError(f"encoder.weights: {weights} does not exist")
-    return file_sha256(weights)
+    return cached_sha256(weights)
 
 
 def encoder_identity(config: EncoderConfig) -> EncoderIdentity:

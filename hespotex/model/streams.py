@@ -20,6 +20,7 @@ from torch_geometric.utils import softmax
 
 GRAPH_LAYERS = 4
 HIDDEN = 1024
+CHUNK_ACTIVATION_BYTES = 256 << 20
 
 
 def neighbour_mean(x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
@@ -130,16 +131,25 @@ class ImageStream(nn.Module):
         genes = self.genes_from(latent, self.graph_steps(latent, edge_index))
         return scale_by_nuclei(genes, nucleus_counts), latent
 
+    def spots_per_chunk(self, activation_bytes: int = CHUNK_ACTIVATION_BYTES) -> int:
+        """Spots whose LSTM and gene-head activations (per spot, at float32: 4 steps × 2
+        layers × the gates, cell and hidden state, 6 × G values; with 5,457 genes ≈ 1 MB)
+        fit ``activation_bytes``."""
+        per_spot = GRAPH_LAYERS * 2 * 6 * self.shape.n_genes * 4
+        return max(16, activation_bytes // per_spot)
+
     @torch.inference_mode()
     def predict(
         self,
         features: torch.Tensor,
         edge_index: torch.Tensor,
-        spot_chunk: int,
+        spot_chunk: int | None = None,
         nucleus_counts: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Whole-slide prediction: the graph layers see every spot; the LSTM and gene head,
-        whose activations are N × G, run a chunk of spots at a time."""
+        whose activations are N × G, run a chunk of spots at a time (``spots_per_chunk``
+        unless given)."""
+        spot_chunk = spot_chunk or self.spots_per_chunk()
         latent = torch.cat([self.latent(part) for part in features.split(spot_chunk)])
         steps = self.graph_steps(latent, edge_index)
         genes = torch.cat(

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -140,12 +142,45 @@ def write_pseudobulk(
     return len(entries), len(genes or [])
 
 
+GALLERY_KINDS = ("tissue_qc", "heatmaps", "top_patches")
+
+
+def _link(source: Path, target: Path) -> None:
+    """A hard link (no second copy of the image), or a copy across file systems."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def write_gallery(config: PipelineConfig, slide_ids: Sequence[str]) -> None:
+    """``cohort/gallery/{kind}/{slide}/...``: the finished slides' tissue QC overlays,
+    heatmaps and top-patch montages, linked in one place so that `snakemake --report` can list
+    them as the cohort rule's outputs."""
+    cohort = CohortPaths(config.results)
+    for kind in GALLERY_KINDS:
+        with atomic_path(cohort.gallery(kind)) as tmp:
+            tmp.mkdir(parents=True)
+            for slide_id in slide_ids:
+                paths = SlidePaths(config.results, slide_id)
+                images = (
+                    [paths.tissue_qc]
+                    if kind == "tissue_qc"
+                    else sorted(getattr(paths, kind).glob("*.png"))
+                )
+                for image in images:
+                    if image.is_file():
+                        _link(image, tmp / slide_id / image.name)
+
+
 def run_cohort(config: PipelineConfig, workers: int = 2) -> pd.DataFrame:
     slide_ids = list(read_sample_sheet(config.samples))
     summary = write_summary(config, slide_ids)
     done = summary.loc[summary["status"] == DONE, "slide_id"]
     entries = [(slide_id, SlidePaths(config.results, slide_id).expression) for slide_id in done]
     slides, genes = write_pseudobulk(entries, CohortPaths(config.results).pseudobulk, workers)
+    write_gallery(config, list(done))
     counts = summary["status"].value_counts()
     logger.info(
         "%d slide(s) done, %d failed, %d not run; pseudo-bulk of %d slide(s) × %d genes in %s",
@@ -157,3 +192,24 @@ def run_cohort(config: PipelineConfig, workers: int = 2) -> pd.DataFrame:
         CohortPaths(config.results).root,
     )
     return summary
+
+
+def failure_report(summary: Path, shown: int = 20) -> str | None:
+    """The failed slides of a summary table, with stage and cause, for the end of a run; None
+    when none failed."""
+    if not Path(summary).is_file():
+        return None
+    table = pd.read_csv(summary, sep="\t", dtype=str, keep_default_na=False)
+    failed = table[table["status"] == FAILED]
+    if failed.empty:
+        return None
+    lines = [
+        f"{len(failed)} of {len(table)} slide(s) failed (rerun to retry them; {summary}):",
+        *(
+            f"  {row.slide_id}: {row.failed_stage}: {row.reason}"
+            for row in failed.head(shown).itertuples()
+        ),
+    ]
+    if len(failed) > shown:
+        lines.append(f"  ... and {len(failed) - shown} more")
+    return "\n".join(lines)

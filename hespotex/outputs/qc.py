@@ -21,7 +21,7 @@ from pathlib import Path
 from hespotex import __version__
 from hespotex.config import PipelineConfig
 from hespotex.io.atomic import write_json
-from hespotex.io.checksum import file_sha256
+from hespotex.io.checksum import cached_sha256
 from hespotex.io.stores import StoreKeys
 from hespotex.model.checkpoint import read_checkpoint_meta
 from hespotex.model.identity import EncoderIdentity
@@ -37,11 +37,13 @@ def peak_rss_mb() -> float:
 
 
 @contextmanager
-def timed_stage(paths: SlidePaths, stage: str) -> Iterator[None]:
-    """Time the block; once it has succeeded, record its wall time and this process's peak
-    memory in ``qc/timings/{stage}.json`` (a failed stage leaves no record)."""
+def timed_stage(paths: SlidePaths, stage: str) -> Iterator[dict]:
+    """Time the block; once it has succeeded, record its wall time, this process's peak
+    memory and whatever the block put in the dict it is given (e.g. where the features time
+    went) in ``qc/timings/{stage}.json``. A failed stage leaves no record."""
     started = time.perf_counter()
-    yield
+    details: dict = {}
+    yield details
     write_json(
         paths.stage_timing(stage),
         {
@@ -50,6 +52,7 @@ def timed_stage(paths: SlidePaths, stage: str) -> Iterator[None]:
             "peak_rss_mb": round(peak_rss_mb(), 1),
             "finished": datetime.now(UTC).isoformat(timespec="seconds"),
             "host": socket.gethostname(),
+            **details,
         },
     )
 
@@ -96,7 +99,7 @@ def write_slide_qc(config: PipelineConfig, slide_id: str) -> dict:
         },
         "checkpoint": {
             "path": str(checkpoint),
-            "sha256": file_sha256(checkpoint),
+            "sha256": cached_sha256(checkpoint),
             "genes": len(meta.genes),
             "trained_on": meta.trained_on,
         },

@@ -10,12 +10,17 @@ pixels (the ``global`` coordinate system):
 - ``shapes/{slide}_spots``: the spots as circles of the grid spacing's diameter;
 - ``tables/expression``: the predicted expression, annotating the spots.
 
-    python -m hespotex.outputs.spatialdata_export EXPRESSION_H5AD OUT_ZARR SLIDE_ID
+    python spatialdata_export.py --results R --slides-from PREDICT_MANIFEST --manifest OUT
+        --failures LOG
+
+exports the slides a predict job's manifest lists as done.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -78,17 +83,49 @@ def write_spatialdata(expression: Path, out: Path, slide_id: str) -> None:
     tmp.rename(out)
 
 
+def done_slides(manifest: Path) -> list[str]:
+    """The slides a predict job's manifest (TSV: slide_id, status, ...) lists as done."""
+    with open(manifest, newline="") as handle:
+        return [row["slide_id"] for row in csv.DictReader(handle, delimiter="\t")
+                if row["status"] == "done"]  # fmt: skip
+
+
+def export_shard(results: Path, manifest: Path, out_manifest: Path, failures: Path) -> list[str]:
+    """Export every done slide of the shard whose export is missing or older than its map; a
+    slide that fails is logged, recorded in ``failures`` and the others go on. Returns the
+    failed slides."""
+    rows, failed = [], []
+    for slide_id in done_slides(manifest):
+        expression = results / slide_id / "expression.h5ad"
+        out = results / slide_id / "spatialdata.zarr"
+        if out.is_dir() and out.stat().st_mtime >= expression.stat().st_mtime:
+            rows.append((slide_id, "done", ""))
+            continue
+        try:
+            write_spatialdata(expression, out, slide_id)
+            rows.append((slide_id, "done", ""))
+        except Exception as error:  # a slide must fail alone, whatever it raises
+            cause = f"{type(error).__name__}: {error}"
+            print(f"spatialdata export of {expression} failed: {cause}", file=sys.stderr)
+            rows.append((slide_id, "failed", cause))
+            failed.append(slide_id)
+            with open(failures, "a") as log:
+                log.write(json.dumps({"slide_id": slide_id, "cause": cause}) + "\n")
+    tmp = out_manifest.with_name(out_manifest.name + TMP_SUFFIX)
+    tmp.write_text("slide_id\tstatus\tcause\n" + "".join("\t".join(row) + "\n" for row in rows))
+    tmp.rename(out_manifest)
+    return failed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("expression", type=Path, help="the slide's expression.h5ad")
-    parser.add_argument("out", type=Path, help="the SpatialData Zarr to write")
-    parser.add_argument("slide_id")
+    parser.add_argument("--results", type=Path, required=True, help="the results folder")
+    parser.add_argument("--slides-from", type=Path, required=True, help="a predict manifest")
+    parser.add_argument("--manifest", type=Path, required=True, help="this export's manifest")
+    parser.add_argument("--failures", type=Path, required=True, help="failure log (appended)")
     args = parser.parse_args(argv)
-    try:
-        write_spatialdata(args.expression, args.out, args.slide_id)
-    except (OSError, KeyError, ValueError) as error:
-        print(f"spatialdata export of {args.expression} failed: {error}", file=sys.stderr)
-        return 1
+    failed = export_shard(args.results, args.slides_from, args.manifest, args.failures)
+    print(f"exported the shard's done slides; {len(failed)} failed: {failed}", file=sys.stderr)
     return 0
 
 

@@ -5,6 +5,10 @@ The AnnData is what scanpy and squidpy users expect from Visium: spots × genes,
 (as ``hires``) and its scale factor, so ``scanpy.pl.spatial`` draws it unchanged. Spot
 diameter is the grid spacing, so spots drawn at that size tile the tissue. What is drawn from
 it (heatmaps, top patches, QuPath GeoJSON, qc.json) is ``hespotex.outputs``' work.
+
+Values are rounded to ``outputs.expression_step`` (1/1024 in log1p CPM units, far below the
+model's error) and written gzip-compressed, still float32 for every scanpy function: 1.7×
+smaller than raw float32 at the full panel (``benchmarks/RESULTS.md``, "The full gene panel").
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from hespotex.io.stores import FeatureStore, StoreKeys, read_feature_store, read
 from hespotex.model.checkpoint import CheckpointMeta, check_checkpoint_encoder, load_checkpoint
 from hespotex.model.identity import EncoderIdentity
 from hespotex.model.runners import pick_device
+from hespotex.model.streams import ImageStream
 from hespotex.paths import SlidePaths
 from hespotex.stages.tiles import read_spots
 from hespotex.stages.tissue import TissueRecord
@@ -82,15 +87,26 @@ def nucleus_counts_for(
     return store.nucleus_counts
 
 
-def run_decode(slide_id: str, config: PipelineConfig) -> ad.AnnData:
+def load_decoder(config: PipelineConfig) -> tuple[ImageStream, CheckpointMeta]:
+    """The configured checkpoint's model on the decode device (a job decoding many slides
+    loads it once: with 5,457 genes its LSTM alone is 1.4 GB)."""
     if config.decode.checkpoint is None:
         raise ConfigError("decode.checkpoint is not set: train one with `hespotex train`")
+    model, meta = load_checkpoint(config.decode.checkpoint)
+    return model.to(pick_device(config.decode.device)), meta
+
+
+def run_decode(
+    slide_id: str,
+    config: PipelineConfig,
+    decoder: tuple[ImageStream, CheckpointMeta] | None = None,
+) -> ad.AnnData:
+    model, meta = decoder or load_decoder(config)
     paths = SlidePaths(config.results, slide_id)
     record = TissueRecord.read(paths.tissue_record)
     spots = read_spots(paths.spots)
     store = read_feature_store(paths.features)
     edge_index, graph_attributes = read_graph_store(paths.graph)
-    model, meta = load_checkpoint(config.decode.checkpoint)
     store_encoder = EncoderIdentity.from_record(
         store.attributes.get(StoreKeys.ENCODER), paths.features
     )
@@ -108,14 +124,16 @@ def run_decode(slide_id: str, config: PipelineConfig) -> ad.AnnData:
             meta.graph_k,
         )
     nucleus_counts = nucleus_counts_for(meta, store, paths.features)
-    device = pick_device(config.decode.device)
-    model = model.to(device)
+    device = next(model.parameters()).device
     prediction = model.predict(
         torch.from_numpy(store.features).to(device),
         torch.from_numpy(edge_index).to(device),
         config.decode.spot_chunk,
         None if nucleus_counts is None else torch.from_numpy(nucleus_counts),
     ).numpy()
+    step = config.outputs.expression_step
+    if step:
+        prediction = np.round(prediction / step) * step
     with Image.open(paths.thumbnail) as image:
         thumbnail = np.asarray(image.convert("RGB"))
     provenance = {
@@ -141,6 +159,6 @@ def run_decode(slide_id: str, config: PipelineConfig) -> ad.AnnData:
         provenance=provenance,
     )
     with atomic_path(paths.expression) as tmp:
-        adata.write_h5ad(tmp)
+        adata.write_h5ad(tmp, compression="gzip")
     logger.info("wrote %d spots × %d genes to %s", *adata.shape, paths.expression)
     return adata

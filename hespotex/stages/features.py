@@ -9,6 +9,7 @@ counts, each patch's nucleus count.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -18,10 +19,13 @@ from hespotex.io.atomic import atomic_path
 from hespotex.io.slide import Slide
 from hespotex.io.stores import FeatureStoreWriter, StoreKeys
 from hespotex.model.checkpoint import read_checkpoint_meta
-from hespotex.model.encoding import encode_patches
-from hespotex.model.runners import build_runner
+from hespotex.model.encoding import EncodingTimes, encode_patches
+from hespotex.model.runners import OnnxRunner, TorchRunner, build_runner
 from hespotex.paths import SlidePaths
 from hespotex.stages.tiles import read_spots
+
+if TYPE_CHECKING:
+    from hespotex.io.readers import ReaderProcesses
 
 logger = logging.getLogger(__name__)
 
@@ -33,11 +37,22 @@ def checkpoint_nucleus_counter(config: PipelineConfig) -> NucleusCounter:
     return NucleusCounter(read_checkpoint_meta(config.decode.checkpoint).nucleus_counter)
 
 
-def run_features(slide: Slide, slide_id: str, config: PipelineConfig) -> int:
+def run_features(
+    slide: Slide,
+    slide_id: str,
+    config: PipelineConfig,
+    runner: TorchRunner | OnnxRunner | None = None,
+    readers: ReaderProcesses | None = None,
+) -> dict[str, float]:
+    """Encode the slide's spots into its feature store. ``runner`` is the configured encoder
+    already loaded and ``readers`` the reader processes (a job encoding many slides starts
+    them once); without them the encoder is built here and patches are read by threads.
+    Returns the spot count and where the time went (seconds reading, encoding, counting
+    nuclei, and waiting for the writer)."""
     paths = SlidePaths(config.results, slide_id)
     spots = read_spots(paths.spots)
     centres = spots[["x_px", "y_px"]].to_numpy(dtype=np.float64)
-    runner = build_runner(config)
+    runner = runner or build_runner(config)
     nucleus_counter = checkpoint_nucleus_counter(config)
     identity = runner.identity
     logger.info("encoder: %s, run by %s", identity.describe(), runner.describe())
@@ -54,16 +69,28 @@ def run_features(slide: Slide, slide_id: str, config: PipelineConfig) -> int:
         StoreKeys.NUCLEUS_COUNTER: nucleus_counter.value,
         "hespotex_version": __version__,
     }
-    with atomic_path(paths.features) as tmp:
-        writer = FeatureStoreWriter(
+    times = EncodingTimes()
+    with (
+        atomic_path(paths.features) as tmp,
+        FeatureStoreWriter(
             tmp, centres, identity.feature_dim, config.features.chunk_rows, attributes
-        )
+        ) as writer,
+    ):
         nucleus_counts = []
-        batches = encode_patches(slide, centres, runner, config.features, slide_id, nucleus_counter)
+        batches = encode_patches(
+            slide, centres, runner, config.features, slide_id, nucleus_counter, readers, times
+        )
         for batch in batches:
             writer.append(batch.features)
             if batch.nucleus_counts is not None:
                 nucleus_counts.append(batch.nucleus_counts)
         written = writer.close(np.concatenate(nucleus_counts) if nucleus_counts else None)
-    logger.info("wrote %d × %d features to %s", written, identity.feature_dim, paths.features)
-    return written
+    breakdown = {"spots": written, **times.rounded(), "writing": round(writer.waited, 3)}
+    logger.info(
+        "wrote %d × %d features to %s (seconds: %s)",
+        written,
+        identity.feature_dim,
+        paths.features,
+        ", ".join(f"{name} {value}" for name, value in breakdown.items() if name != "spots"),
+    )
+    return breakdown

@@ -33,14 +33,13 @@ logger = logging.getLogger(__name__)
 
 TOP_GENES = 50
 MAP_GENES = 3
-SPOT_CHUNK = 8192
 
 
 def predict_section(model: ImageStream, graph_k: int, encoded: EncodedSection) -> np.ndarray:
     edges = torch.from_numpy(knn_edges(encoded.section.centres_px, graph_k))
     counts = None if encoded.nucleus_counts is None else torch.from_numpy(encoded.nucleus_counts)
     features = torch.from_numpy(encoded.features).float()
-    return model.eval().predict(features, edges, SPOT_CHUNK, counts).numpy()
+    return model.eval().predict(features, edges, nucleus_counts=counts).numpy()
 
 
 def score_genes(

@@ -1,7 +1,8 @@
+# The cohort tables once every predict shard has run, and the finished slides' images linked
+# into one gallery for `snakemake --report`.
 rule cohort:
     input:
-        qc=expand(PATHS.qc, slide=SLIDES),
-        expression=expand(PATHS.expression, slide=SLIDES),
+        manifests("predict"),
     output:
         summary=report(
             COHORT.summary,
@@ -10,13 +11,36 @@ rule cohort:
             labels={"table": "summary"},
         ),
         pseudobulk=COHORT.pseudobulk,
+        tissue_qc=report(
+            directory(COHORT.gallery("tissue_qc")),
+            patterns=["{slide}/tissue_overlay.png"],
+            caption="../report/tissue_qc.rst",
+            category="Tissue QC",
+            labels={"slide": "{slide}"},
+        ),
+        heatmaps=report(
+            directory(COHORT.gallery("heatmaps")),
+            patterns=["{slide}/{gene}.png"],
+            caption="../report/heatmaps.rst",
+            category="Heatmaps",
+            subcategory="{slide}",
+            labels={"slide": "{slide}", "gene": "{gene}"},
+        ),
+        top_patches=report(
+            directory(COHORT.gallery("top_patches")),
+            patterns=["{slide}/{gene}.png"],
+            caption="../report/top_patches.rst",
+            category="Top patches",
+            subcategory="{slide}",
+            labels={"slide": "{slide}", "gene": "{gene}"},
+        ),
     params:
         config=RUN_CONFIG,
     log:
         LOGS.cohort,
     threads: 2
     resources:
-        **LIGHT_RESOURCES,
+        **cluster_resources(SETTINGS.cluster.light, 1),
     conda:
         ENV
     shell:

@@ -1,29 +1,32 @@
 # Config and sample sheet are validated here, before any job starts, by the package's own
 # pydantic models (the only validators: a JSON-schema check beside them would add nothing a
 # user sees and cost every Snakemake start its import). Every path comes from hespotex.paths,
-# so the rules and the `hespotex` commands agree on file names.
+# so the rules and the `hespotex` commands agree on file names. A job runs a shard of slides
+# (hespotex.cli.shards); a slide that fails is recorded and the job goes on.
 import subprocess
 import sys
 
 from hespotex.cli.preflight import check_run, write_run_config
-from hespotex.config import SLIDE_ID_PATTERN, parse_config
+from hespotex.cli.shards import ShardPlan, failure_log_size, write_shard_sheets
+from hespotex.config import parse_config, read_sample_sheet
 from hespotex.errors import HespotexError
 from hespotex.outputs import spatialdata_export
-from hespotex.paths import CohortPaths, LogPaths, SlidePaths
+from hespotex.outputs.cohort import failure_report
+from hespotex.paths import JOBS, CohortPaths, LogPaths, RunPaths, SlidePaths
 
 
 try:
     SETTINGS = parse_config(config, "config")
-    SAMPLES = check_run(SETTINGS)
+    # A SLURM job's own Snakemake only needs the DAG of its job: the main process has checked
+    # the run (checkpoint, weights, viewers' Python) and written the shard sheets already.
+    SAMPLES = read_sample_sheet(SETTINGS.samples) if workflow.remote_exec else check_run(SETTINGS)
 except HespotexError as error:
     raise WorkflowError(str(error)) from None
 
-SLIDES = list(SAMPLES)
-
 
 class SnakemakePatterns:
-    """A path layer's paths (SlidePaths with the `{slide}` wildcard) as the strings
-    Snakemake's directives take."""
+    """A path layer's paths (with wildcards such as `{shard}`) as the strings Snakemake's
+    directives take."""
 
     def __init__(self, paths):
         self._paths = paths
@@ -35,23 +38,29 @@ class SnakemakePatterns:
         return str(path)
 
 
+RUN_PATHS = RunPaths(SETTINGS.results)
+PLAN = ShardPlan(tuple(SAMPLES), SETTINGS.slides_per_job)
+if not workflow.remote_exec:
+    write_shard_sheets(PLAN, SAMPLES, RUN_PATHS)
+    write_run_config(SETTINGS, RUN_PATHS.config)
+RUN = SnakemakePatterns(RUN_PATHS)
 PATHS = SnakemakePatterns(SlidePaths(SETTINGS.results, "{slide}"))
 COHORT = SnakemakePatterns(CohortPaths(SETTINGS.results))
 LOGS = SnakemakePatterns(LogPaths(SETTINGS.logs))
-RUN_CONFIG = str(write_run_config(SETTINGS, SETTINGS.results / ".hespotex" / "config.json"))
+RUN_CONFIG = str(RUN_PATHS.config)
 ENV = "../../envs/hespotex.yaml"
 SPATIALDATA_EXPORTER = spatialdata_export.__file__
 
 
-def cluster_resources(job, gpus=0, stages=1):
-    """What a job asks a cluster for; the SLURM executor plugin reads these names. A rule
-    running `stages` of a slide's stages one after another asks for their summed run time."""
+def cluster_resources(job, slides, gpus=0, stages=1):
+    """What a job of `slides` slides asks a cluster for (the SLURM executor plugin reads these
+    names): one slide's CPUs and memory, since the slides run one after another, and the run
+    time of every slide's `stages`."""
     cluster = SETTINGS.cluster
     requested = {
-        "slide_slot": 1,
         "cpus_per_task": job.cpus,
         "mem_mb": job.mem_mb,
-        "runtime": job.runtime_min * stages,
+        "runtime": job.runtime_min * stages * slides,
         "slurm_partition": cluster.partition,
         "slurm_account": cluster.account,
         "gpu": gpus or None,
@@ -59,18 +68,36 @@ def cluster_resources(job, gpus=0, stages=1):
     return {name: value for name, value in requested.items() if value is not None}
 
 
-LIGHT_RESOURCES = cluster_resources(SETTINGS.cluster.light)
-FEATURES_RESOURCES = cluster_resources(
-    SETTINGS.cluster.features, SETTINGS.cluster.gpus_per_features_job
-)
-
-
 wildcard_constraints:
-    slide=SLIDE_ID_PATTERN.strip("^$"),
+    shard=r"\d+",
 
 
-def slide_file(wildcards):
-    """The slide as input when it exists; a missing file fails its own tissue stage with a
-    message naming it, instead of stopping the whole cohort at DAG building."""
-    path = SAMPLES[wildcards.slide].slide_path
-    return [str(path)] if path.exists() else []
+def manifests(job, shards=None):
+    return [RUN.shard_manifest(job, shard) for shard in shards or PLAN.shards(job)]
+
+
+def upstream_manifests(job):
+    """A shard's input: the manifests of the upstream shards that hold its slides."""
+    previous = list(JOBS)[list(JOBS).index(job) - 1]
+    return lambda wildcards: manifests(previous, PLAN.upstream(job, wildcards.shard))
+
+
+def shard_slide_files(wildcards):
+    """The shard's slide files that exist: a replaced slide makes its shard rerun; a missing
+    one fails its own tissue stage, naming it, instead of stopping the cohort at DAG time."""
+    paths = (SAMPLES[slide_id].slide_path for slide_id in PLAN.slides("prepare", wildcards.shard))
+    return [str(path) for path in paths if path.exists()]
+
+
+def attempts(job):
+    """The shard's failure log size: grows when a slide fails, so the next run retries the
+    shard (its finished slides are not redone: their stage records are current)."""
+    return lambda wildcards: failure_log_size(RUN_PATHS, job, wildcards.shard)
+
+
+def shard_command(job):
+    stages = " ".join(JOBS[job])
+    return (
+        f"hespotex run --config {{params.config}} --stages {stages} --shard {{input.sheet}}"
+        " --manifest {output.manifest} --failures {params.failures} > {log} 2>&1"
+    )

@@ -1,20 +1,26 @@
+# The encoder over a shard of slides in one process: CUDA, the imports and the weights load
+# once per job, not once per slide. Slides whose tiles are not done wait (their failure is the
+# prepare job's record); a slide that fails here is recorded and the others go on.
 rule features:
     input:
-        slide_file,
-        spots=PATHS.spots,
+        sheet=RUN.shard_sheet("features", "{shard}"),
+        upstream=upstream_manifests("features"),
     output:
-        features=directory(PATHS.features),
-        timing=PATHS.stage_timing("features"),
+        manifest=RUN.shard_manifest("features", "{shard}"),
     params:
         config=RUN_CONFIG,
+        failures=lambda wildcards: RUN.shard_failures("features", wildcards.shard),
+        attempts=attempts("features"),
     log:
-        LOGS.stage("features", "{slide}"),
+        LOGS.shard("features", "{shard}"),
     threads: max(1, SETTINGS.features.num_workers)
-    group:
-        "encode"
     resources:
-        **FEATURES_RESOURCES,
+        **cluster_resources(
+            SETTINGS.cluster.features,
+            SETTINGS.slides_per_job.features,
+            gpus=SETTINGS.cluster.gpus_per_features_job,
+        ),
     conda:
         ENV
     shell:
-        "hespotex features --config {params.config} {wildcards.slide} > {log} 2>&1"
+        shard_command("features")

@@ -1,33 +1,22 @@
-# A slide's tissue and tiles stages in one job. Both are light and take seconds, while every
-# job costs the DAG of a 10,000-slide sheet as much as the work (benchmarks/RESULTS.md). Each
-# stage keeps its own command, log and timing file; a failed tiles stage reruns tissue too.
+# Tissue then tiles for a shard of slides in one process (hespotex run --stages tissue tiles):
+# light stages of seconds each, where a job per slide would cost the DAG of a 10,000-slide
+# sheet and the cluster more than the work. Each slide's stages log to logs/{stage}/{slide}.log;
+# a slide that fails is recorded in the shard's manifest and failure log and the others go on.
 rule prepare:
     input:
-        slide_file,
+        sheet=RUN.shard_sheet("prepare", "{shard}"),
+        slides=shard_slide_files,
     output:
-        mask=PATHS.tissue_mask,
-        thumbnail=PATHS.thumbnail,
-        qc=report(
-            PATHS.tissue_qc,
-            caption="../report/tissue_qc.rst",
-            category="Tissue QC",
-            labels={"slide": "{slide}"},
-        ),
-        record=PATHS.tissue_record,
-        tissue_timing=PATHS.stage_timing("tissue"),
-        spots=PATHS.spots,
-        tiles_timing=PATHS.stage_timing("tiles"),
+        manifest=RUN.shard_manifest("prepare", "{shard}"),
     params:
         config=RUN_CONFIG,
+        failures=lambda wildcards: RUN.shard_failures("prepare", wildcards.shard),
+        attempts=attempts("prepare"),
     log:
-        tissue=LOGS.stage("tissue", "{slide}"),
-        tiles=LOGS.stage("tiles", "{slide}"),
-    group:
-        "prepare"
+        LOGS.shard("prepare", "{shard}"),
     resources:
-        **cluster_resources(SETTINGS.cluster.light, stages=2),
+        **cluster_resources(SETTINGS.cluster.light, SETTINGS.slides_per_job.prepare, stages=2),
     conda:
         ENV
     shell:
-        "hespotex tissue --config {params.config} {wildcards.slide} > {log.tissue} 2>&1"
-        " && hespotex tiles --config {params.config} {wildcards.slide} > {log.tiles} 2>&1"
+        shard_command("prepare")

@@ -1,0 +1,298 @@
+"""Stages run over many slides in one process: what each workflow job does.
+
+A job takes a shard of the sample sheet and runs each slide through its stages in order
+(``paths.JOBS``: prepare = tissue, tiles; features; predict = graph, decode, outputs), so the
+imports, CUDA and the encoder load once per job, not once per slide. Slides fail alone: a
+slide whose stage raises is recorded (the ERROR line in ``logs/{stage}/{slide}.log``, a line
+in the shard's failure log, its row in the shard's manifest) and the job goes on with the
+next one. A stage whose record (``qc/timings/{stage}.json``) is newer than its inputs is not
+redone, so a rerun after a crash, a kill or a failed slide does only what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from pathlib import Path
+
+import pandas as pd
+
+from hespotex.config import PipelineConfig, SampleRow
+from hespotex.errors import HespotexError
+from hespotex.io.atomic import write_tsv
+from hespotex.io.slide import Slide, open_slide
+from hespotex.outputs.qc import timed_stage, write_slide_qc
+from hespotex.paths import STAGES, LogPaths, SlidePaths
+
+logger = logging.getLogger(__name__)
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class Outcome(StrEnum):
+    DONE = "done"
+    FAILED = "failed"
+    # An earlier stage has not succeeded (it failed, in this job or an earlier one): not
+    # this job's failure, and retried once that stage is.
+    WAITING = "waiting"
+
+
+@dataclass(frozen=True)
+class SlideResult:
+    slide_id: str
+    status: Outcome
+    stage: str = ""
+    cause: str = ""
+
+
+class SharedWork:
+    """What the job's slides share, made on first use: the encoder and the decoder, loaded
+    once, and the reader processes when configured. A context manager that stops the
+    readers."""
+
+    def __init__(self, config: PipelineConfig):
+        self.config = config
+        self._runner = None
+        self._readers = None
+        self._readers_failed = False
+        self._decoder = None
+        # Seconds spent making them, not yet reported in a stage record.
+        self.unreported_setup = 0.0
+
+    def __enter__(self) -> SharedWork:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._readers is not None:
+            self._readers.close()
+
+    def runner(self):
+        if self._runner is None:
+            from hespotex.model.runners import build_runner
+
+            started = time.perf_counter()
+            self._runner = build_runner(self.config)
+            seconds = time.perf_counter() - started
+            self.unreported_setup += seconds
+            logger.info("encoder ready in %.1f s", seconds)
+        return self._runner
+
+    def readers(self):
+        features = self.config.features
+        wanted = features.readers == "processes" and features.num_workers
+        if self._readers is None and wanted and not self._readers_failed:
+            from hespotex.io.readers import ReaderProcesses
+
+            started = time.perf_counter()
+            try:
+                self._readers = ReaderProcesses(
+                    features.num_workers, features.batch_size, features.patch_px
+                )
+            except OSError as error:
+                # A node with little shared memory (/dev/shm) still runs, more slowly.
+                logger.warning("no reader processes (%s): reading with threads", error)
+                self._readers_failed = True
+            self.unreported_setup += time.perf_counter() - started
+        return self._readers
+
+    def decoder(self):
+        if self._decoder is None:
+            from hespotex.stages.decode import load_decoder
+
+            self._decoder = load_decoder(self.config)
+        return self._decoder
+
+    def take_setup(self) -> float:
+        """The setup seconds not reported yet, for the stage record of the slide that paid
+        them (the job's first to need the encoder)."""
+        seconds, self.unreported_setup = self.unreported_setup, 0.0
+        return round(seconds, 3)
+
+
+class SlideJob:
+    """One slide's stages in this job: its sample row and its slide, opened once on first use
+    and closed when the slide is done."""
+
+    def __init__(self, sample: SampleRow, config: PipelineConfig, shared: SharedWork):
+        self.sample = sample
+        self.slide_id = sample.slide_id
+        self.config = config
+        self.shared = shared
+        self._slide: Slide | None = None
+
+    def slide(self) -> Slide:
+        if self._slide is None:
+            self._slide = open_slide(self.sample.slide_path, self.slide_id, self.sample.mpp)
+        return self._slide
+
+    def close(self) -> None:
+        if self._slide is not None:
+            self._slide.close()
+            self._slide = None
+
+
+def _tissue(job: SlideJob) -> None:
+    from hespotex.stages.tissue import run_tissue
+
+    run_tissue(job.slide(), job.slide_id, job.config)
+
+
+def _tiles(job: SlideJob) -> None:
+    from hespotex.stages.tiles import run_tiles
+
+    run_tiles(job.slide_id, job.config)
+
+
+def _features(job: SlideJob) -> dict[str, float]:
+    from hespotex.stages.features import run_features
+
+    shared = job.shared
+    runner, readers = shared.runner(), shared.readers()
+    setup = shared.take_setup()
+    return {**run_features(job.slide(), job.slide_id, job.config, runner, readers), "setup": setup}
+
+
+def _graph(job: SlideJob) -> None:
+    from hespotex.stages.graph import run_graph
+
+    run_graph(job.slide_id, job.config)
+
+
+def _decode(job: SlideJob) -> None:
+    from hespotex.stages.decode import run_decode
+
+    run_decode(job.slide_id, job.config, job.shared.decoder())
+
+
+def _outputs(job: SlideJob) -> None:
+    from hespotex.outputs.per_slide import write_slide_outputs
+
+    write_slide_outputs(job.slide(), job.slide_id, job.config)
+
+
+# Each stage on one slide; a stage may return figures to keep in its timing record.
+STAGE_RUNS: dict[str, Callable[[SlideJob], dict | None]] = {
+    "tissue": _tissue,
+    "tiles": _tiles,
+    "features": _features,
+    "graph": _graph,
+    "decode": _decode,
+    "outputs": _outputs,
+}
+
+
+def _mtime_ns(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+def is_current(job: SlideJob, stage: str) -> bool:
+    """The stage's record exists and is newer than what the stage read: the previous stage's
+    record (the slide file for the first stage) and, for decode, the checkpoint."""
+    paths = SlidePaths(job.config.results, job.slide_id)
+    made = _mtime_ns(paths.stage_timing(stage))
+    if made is None:
+        return False
+    index = STAGES.index(stage)
+    inputs = [paths.stage_timing(STAGES[index - 1]) if index else job.sample.slide_path]
+    if stage == "decode" and job.config.decode.checkpoint is not None:
+        inputs.append(Path(job.config.decode.checkpoint))
+    for path in inputs:
+        mtime = _mtime_ns(path)
+        if mtime is None or mtime > made:
+            return False
+    return True
+
+
+@contextmanager
+def stage_log(config: PipelineConfig, stage: str, slide_id: str) -> Iterator[None]:
+    """Everything logged while the stage runs also goes to ``logs/{stage}/{slide}.log``,
+    written afresh for each attempt."""
+    path = LogPaths(config.logs).stage(stage, slide_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, mode="w", encoding="utf-8")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
+def run_slide(
+    job: SlideJob, stages: Sequence[str], force: bool, per_slide_logs: bool
+) -> SlideResult:
+    """The slide through ``stages`` in order; the first failure ends it."""
+    first = STAGES.index(stages[0])
+    if first and not is_current(job, STAGES[first - 1]):
+        logger.info("%s: waiting for its %s stage to succeed", job.slide_id, STAGES[first - 1])
+        return SlideResult(job.slide_id, Outcome.WAITING, STAGES[first - 1])
+    paths = SlidePaths(job.config.results, job.slide_id)
+    ran = False
+    for stage in stages:
+        if not force and is_current(job, stage):
+            logger.info("%s: %s is done already", job.slide_id, stage)
+            continue
+        ran = True
+        log = stage_log(job.config, stage, job.slide_id) if per_slide_logs else nullcontext()
+        with log:
+            try:
+                with timed_stage(paths, stage) as record:
+                    record.update(STAGE_RUNS[stage](job) or {})
+            except HespotexError as error:
+                logger.error("%s failed [slide %s]: %s", stage, job.slide_id, error)
+                return SlideResult(job.slide_id, Outcome.FAILED, stage, str(error))
+            except Exception as error:  # a slide must fail alone, whatever it raises
+                logger.exception("%s failed [slide %s]: unexpected error", stage, job.slide_id)
+                cause = f"unexpected {type(error).__name__}: {error}"
+                return SlideResult(job.slide_id, Outcome.FAILED, stage, cause)
+    if ran and stages[-1] == STAGES[-1]:
+        write_slide_qc(job.config, job.slide_id)
+    return SlideResult(job.slide_id, Outcome.DONE)
+
+
+def run_batch(
+    config: PipelineConfig,
+    samples: Sequence[SampleRow],
+    stages: Sequence[str],
+    force: bool = False,
+    per_slide_logs: bool = False,
+) -> list[SlideResult]:
+    """Each slide through ``stages`` (consecutive stages of ``STAGES``), one after another."""
+    results = []
+    with SharedWork(config) as shared:
+        for sample in samples:
+            job = SlideJob(sample, config, shared)
+            try:
+                results.append(run_slide(job, stages, force, per_slide_logs))
+            finally:
+                job.close()
+    return results
+
+
+def write_manifest(path: Path, results: Sequence[SlideResult]) -> None:
+    """How each slide of the shard ended: the job's declared output."""
+    table = pd.DataFrame([asdict(result) for result in results])
+    write_tsv(path, table.reindex(columns=["slide_id", "status", "stage", "cause"]))
+
+
+def record_failures(path: Path, results: Sequence[SlideResult]) -> int:
+    """Append the failed slides to the shard's failure log, which outlives the job: its size
+    is the Snakemake parameter that makes the next run retry the shard. Returns how many."""
+    failed = [result for result in results if result.status is Outcome.FAILED]
+    if failed:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as log:
+            for result in failed:
+                entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **asdict(result)}
+                log.write(json.dumps(entry) + "\n")
+    return len(failed)

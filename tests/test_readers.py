@@ -1,0 +1,63 @@
+"""Reader processes: the same patches as the reader threads, through shared memory, across the
+slides of one job; a damaged tile fails its slide naming the file, and the next slide reads."""
+
+import shutil
+
+import numpy as np
+import pytest
+from conftest import DICOM_FOLDER, SVS
+
+from hespotex.errors import SlideReadError
+from hespotex.io.patches import iter_patch_batches
+from hespotex.io.readers import ReaderProcesses
+from hespotex.io.slide import open_slide
+
+
+def spot_centres(slide, spacing_px: float = 90.0) -> np.ndarray:
+    width, height = slide.dimensions
+    ys, xs = np.mgrid[150 : height - 150 : spacing_px, 150 : width - 150 : spacing_px]
+    return np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float64)
+
+
+@pytest.fixture(scope="module")
+def readers():
+    with ReaderProcesses(workers=2, batch_size=16, patch_px=224) as processes:
+        yield processes
+
+
+def test_processes_read_the_patches_the_threads_read_slide_after_slide(readers, small_pyramids):
+    for path, name in ((SVS, "svs"), (DICOM_FOLDER, "dicom"), (small_pyramids["tagged"], "tif")):
+        with open_slide(path, name) as slide:
+            plan = slide.plan(112.0, 0.5)
+            centres = spot_centres(slide)
+            by_threads = np.concatenate(list(iter_patch_batches(slide, centres, plan, 16, 2)))
+            by_processes = np.concatenate(
+                [batch.copy() for batch in readers.batches(slide, name, centres, plan, 16, 2048)]
+            )
+        assert by_processes.shape == (len(centres), 224, 224, 3) and len(centres) > 40
+        assert np.array_equal(by_processes, by_threads), name
+
+
+def test_a_damaged_tile_fails_its_slide_and_the_readers_go_on(readers, small_pyramids, tmp_path):
+    import tifffile
+
+    damaged = tmp_path / "damaged.tif"
+    shutil.copy(small_pyramids["tagged"], damaged)
+    with open_slide(damaged, "damaged") as slide:
+        level = slide.plan(112.0, 0.5).level
+    with tifffile.TiffFile(damaged) as tiff:
+        page = tiff.series[0].levels[level].keyframe
+        offset, count = page.dataoffsets[0], page.databytecounts[0]
+    data = bytearray(damaged.read_bytes())
+    data[offset : offset + count] = bytes(count)
+    damaged.write_bytes(bytes(data))
+    with open_slide(damaged, "damaged") as slide:
+        plan = slide.plan(112.0, 0.5)
+        message = rf"damaged\.tif: cannot decode tile 0 of level {level}"
+        with pytest.raises(SlideReadError, match=message):
+            for _ in readers.batches(slide, "damaged", spot_centres(slide), plan, 16, 2048):
+                pass
+    with open_slide(SVS, "svs") as slide:
+        plan = slide.plan(112.0, 0.5)
+        batches = list(readers.batches(slide, "svs", spot_centres(slide)[:20], plan, 16, 2048))
+    assert [len(batch) for batch in batches] == [16, 4]
