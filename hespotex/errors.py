@@ -11,6 +11,10 @@ class HespotexError(Exception):
     """Base of every error the pipeline raises on purpose."""
 
 
+class SlidesFailedError(HespotexError):
+    """Some of the slides a command was given failed; each was logged with its cause."""
+
+
 class ConfigError(HespotexError):
     """A configuration value or sample-sheet row is invalid; raised before any work starts."""
 

@@ -97,3 +97,20 @@ def test_a_slide_waits_for_its_earlier_stage_and_stages_must_follow_each_other(t
     assert not run.shard_failures("features", "00000").exists(), "waiting is not failing"
     assert main(["run", "svs", "--config", str(config_path), "--stages", "tissue", "graph"]) == 1
     assert "--stages tissue graph: give consecutive stages" in caplog.text
+
+
+def test_without_shared_memory_the_job_reads_with_threads(tmp_path, monkeypatch, caplog):
+    import hespotex.io.readers
+    from hespotex.cli.batch import SharedWork
+
+    def no_shared_memory(*args, **kwargs):
+        raise OSError(28, "No space left on device", "/dev/shm")
+
+    monkeypatch.setattr(hespotex.io.readers, "ReaderProcesses", no_shared_memory)
+    sheet = write_sheet(tmp_path / "samples.tsv", [("svs", SVS, None)])
+    config = load_config(
+        write_config(tmp_path, sheet, None, features={"readers": "processes", "num_workers": 2})
+    )
+    with SharedWork(config) as shared:
+        assert shared.readers() is None and shared.readers() is None
+    assert caplog.text.count("no reader processes") == 1

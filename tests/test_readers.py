@@ -61,3 +61,14 @@ def test_a_damaged_tile_fails_its_slide_and_the_readers_go_on(readers, small_pyr
         plan = slide.plan(112.0, 0.5)
         batches = list(readers.batches(slide, "svs", spot_centres(slide)[:20], plan, 16, 2048))
     assert [len(batch) for batch in batches] == [16, 4]
+
+
+def test_dead_readers_are_noticed_instead_of_waited_for(small_pyramids):
+    with ReaderProcesses(workers=1, batch_size=8, patch_px=224) as lonely:
+        for process in lonely._processes:
+            process.kill()
+            process.join()
+        with open_slide(small_pyramids["tagged"], "tif") as slide:
+            plan = slide.plan(112.0, 0.5)
+            with pytest.raises(RuntimeError, match="a reader process died"):
+                list(lonely.batches(slide, "tif", spot_centres(slide)[:8], plan, 8, 2048))

@@ -34,10 +34,6 @@ STAGE_HELP = {
 }
 
 
-class SlidesFailed(HespotexError):
-    """Some slides failed; each is named with its cause in the log above."""
-
-
 def _samples(args: argparse.Namespace, config) -> list:
     from hespotex.config import read_sample_sheet, samples_for
 
@@ -63,6 +59,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     workflow's jobs): each slide's stages log to ``logs/{stage}/{slide}.log``, failures are
     recorded in the manifest and the failure log, and the command succeeds."""
     from hespotex.cli.batch import Outcome, record_failures, run_batch, write_manifest
+    from hespotex.errors import SlidesFailedError
 
     config = _config(args)
     shard_mode = args.shard is not None
@@ -81,7 +78,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         return
     if failed:
         names = ", ".join(f"{result.slide_id} ({result.stage})" for result in failed)
-        raise SlidesFailed(f"{len(failed)} of {len(results)} slide(s) failed: {names}")
+        raise SlidesFailedError(f"{len(failed)} of {len(results)} slide(s) failed: {names}")
 
 
 def cmd_cohort(args: argparse.Namespace) -> None:
