@@ -5,10 +5,11 @@ real H&E pixels at 0.5 µm/px) runs through the real stages with a checkpoint of
 (random weights: sizes and memory do not depend on the values; the weights-free stain-stats
 encoder keeps the features stage short on CPU). Then:
 
-1. the slide's predictions written as `expression.h5ad` in each candidate storage — float32
-   as is; float32 with gzip; float32 rounded to 1/1024 (the low mantissa bits zeroed, far
-   below the model's error) with gzip or lzf; float16 with gzip — measured for size, write and
-   read seconds (`anndata.read_h5ad`, as scanpy opens it), and the largest error;
+1. the slide's exact predictions written as `expression.h5ad` in each candidate storage —
+   float32 as is; float32 with gzip; float32 rounded to 1/1024 (the low mantissa bits zeroed, far
+   below the model's error; the pipeline's default) with gzip or lzf; float16 with gzip —
+   measured for size, write and read seconds (`anndata.read_h5ad`, as scanpy opens it), and
+   the largest error;
 2. the decode and outputs stages as the pipeline runs them (peak RSS, seconds);
 3. `hespotex cohort` over 1, 4 and 16 slides (links to the same slide folder), for its peak
    RSS and seconds per slide.
@@ -129,7 +130,8 @@ def main() -> None:
         "logs": str(work / "logs"),
         "encoder": {"architecture": "stain-stats"},
         "decode": {"checkpoint": str(checkpoint)},
-        "outputs": {"genes": ["GENE0000", "GENE0001"]},
+        # Exact predictions, so that every storage below is compared with the model's output.
+        "outputs": {"genes": ["GENE0000", "GENE0001"], "expression_step": 0},
     }
     config.write_text(yaml.safe_dump(settings))
     hespotex = [sys.executable, "-m", "hespotex"]
