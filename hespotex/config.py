@@ -27,6 +27,14 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class StainCheck(StrEnum):
+    """What the tissue stage does with a slide whose tissue does not look like H&E."""
+
+    ERROR = "error"
+    WARN = "warn"
+    OFF = "off"
+
+
 class TissueConfig(_Section):
     """Tissue detection on a low-resolution copy of the slide."""
 
@@ -44,6 +52,12 @@ class TissueConfig(_Section):
     )
     min_hole_um2: float = Field(
         20000.0, ge=0, description="holes in tissue smaller than this are filled (µm²)"
+    )
+    stain_check: StainCheck = Field(
+        StainCheck.ERROR,
+        description="error: refuse a slide whose tissue is clearly not H&E (IHC's DAB brown, "
+        "or another stain), naming the measured numbers; warn: log them and go on; off: only "
+        "record them (a dark fluorescence slide is refused whatever this says)",
     )
 
 

@@ -64,6 +64,11 @@ class NotBrightfieldError(NoTissueError):
     """The slide is not a brightfield H&E scan (e.g. fluorescence)."""
 
 
+class WrongStainError(SlideError):
+    """The slide's tissue does not look like H&E (IHC's DAB, another stain): its colour
+    measurements are in the message."""
+
+
 class SlideTooSmallError(NoTissueError):
     """The whole slide is smaller than one patch."""
 

@@ -87,6 +87,7 @@ def write_slide_qc(config: PipelineConfig, slide_id: str) -> dict:
         "mpp": record.mpp,
         "mpp_source": record.mpp_source,
         "tissue_area_mm2": record.tissue_area_mm2,
+        "stain_check": record.stain_check,
         "spots": spot_count,
         "grid": {"layout": config.grid.layout, "spacing_um": config.grid.spacing_um},
         "encoder": {
