@@ -120,6 +120,49 @@ class EncoderConfig(_Section):
         return self.weights == RANDOM_WEIGHTS
 
 
+class StainNormalisation(StrEnum):
+    """tiatoolbox's stain normalisers (``tiatoolbox.tools.stainnorm``)."""
+
+    NONE = "none"
+    MACENKO = "macenko"
+    VAHADANE = "vahadane"
+    REINHARD = "reinhard"
+
+
+STAIN_TARGET_CHECKPOINT = "checkpoint"
+
+
+class StainConfig(_Section):
+    """Stain normalisation of every patch before the encoder, in training and inference
+    alike. The slide's own stain is measured once per slide; each patch is then mapped to
+    the target's stain."""
+
+    normalisation: StainNormalisation = Field(
+        StainNormalisation.NONE,
+        description="none, or a tiatoolbox normaliser: macenko, vahadane (stain vectors and "
+        "their intensity), reinhard (LAB colour means and spreads)",
+    )
+    target: str = Field(
+        STAIN_TARGET_CHECKPOINT,
+        min_length=1,
+        description="checkpoint: the stain statistics stored in decode.checkpoint (when "
+        "training: those of the training sections, stored in the new checkpoint); or the path "
+        "of a reference H&E image (PNG, JPEG, TIFF) at about features.patch_mpp",
+    )
+    fit_patches: int = Field(
+        64,
+        ge=1,
+        le=4096,
+        description="patches per slide (spread over its spots) the slide's own stain is "
+        "measured on",
+    )
+
+    @property
+    def target_image(self) -> Path | None:
+        """The reference image, or None when the target is the checkpoint's."""
+        return None if self.target == STAIN_TARGET_CHECKPOINT else Path(self.target)
+
+
 class FeaturesConfig(_Section):
     """Patch reading and encoding."""
 
@@ -322,6 +365,7 @@ class PipelineConfig(_Section):
     grid: GridConfig = GridConfig()
     encoder: EncoderConfig
     features: FeaturesConfig = FeaturesConfig()
+    stain: StainConfig = StainConfig()
     graph: GraphConfig = GraphConfig()
     decode: DecodeConfig = DecodeConfig()
     training: TrainingConfig = TrainingConfig()

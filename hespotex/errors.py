@@ -96,3 +96,8 @@ class CheckpointError(InputDataError):
 class EncoderMismatchError(InputDataError):
     """A checkpoint, ONNX model or feature store was made with another encoder (or other
     weights) than the one it is used with."""
+
+
+class StainMismatchError(EncoderMismatchError):
+    """Features were made with another stain normalisation (method or target) than the
+    checkpoint they are decoded with was trained on."""

@@ -75,25 +75,31 @@ def small_pyramids(tmp_path_factory, he_tile) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def trained_checkpoint(tmp_path_factory) -> Path:
-    """A small checkpoint trained by `hespotex train` on the demo's planted B4 sections."""
-    from hespotex.config import parse_config
-    from hespotex.model.checkpoint import save_checkpoint
+def demo_sections(tmp_path_factory) -> Path:
+    """The demo's planted training sections of HER2ST B4 (b4-left, b4-right): their sheet."""
     from hespotex.training.demo import build_training
-    from hespotex.training.fit import train
-    from hespotex.training.sections import read_sections_sheet
 
     folder = tmp_path_factory.mktemp("training")
     build_training(folder, SHARED_DATA)
+    return folder / "training" / "sections.tsv"
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory, demo_sections) -> Path:
+    """A small checkpoint trained by `hespotex train` on the demo's planted B4 sections."""
+    from hespotex.config import parse_config
+    from hespotex.model.checkpoint import save_checkpoint
+    from hespotex.training.fit import train
+    from hespotex.training.sections import read_sections_sheet
+
+    folder = tmp_path_factory.mktemp("trained")
     config = parse_config(
         {
             "encoder": TEST_ENCODER,
             "training": {"gate_epochs": 40, "epochs": 60, "patience": 15},
         }
     )
-    model, meta = train(
-        read_sections_sheet(folder / "training" / "sections.tsv"), "b4-right", config
-    )
+    model, meta = train(read_sections_sheet(demo_sections), "b4-right", config)
     checkpoint = folder / "model.safetensors"
     save_checkpoint(checkpoint, model, meta)
     return checkpoint

@@ -2,8 +2,10 @@
 
 Patches are read from the pyramid level nearest above the patch resolution and resampled,
 region by region (``hespotex.io.patches``), ahead of the encoder (``hespotex.model.runners``),
-so training and inference see the same pixels. When a nucleus counter is named, each patch's
-nuclei are counted on the same pixels the encoder sees.
+so training and inference see the same pixels. With stain normalisation, the slide's stain is
+measured once on patches spread over its spots (``fit_slide_stain``) and every patch is mapped
+to the target's stain before the encoder sees it. When a nucleus counter is named, each
+patch's nuclei are counted on the same (normalised) pixels the encoder sees.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from typing import NamedTuple
 import numpy as np
 from tqdm import tqdm
 
-from hespotex.config import FeaturesConfig, NucleusCounter
+from hespotex.config import FeaturesConfig, NucleusCounter, StainNormalisation
 from hespotex.io.patches import iter_patch_batches
 from hespotex.io.slide import Slide, check_patch_geometry
 from hespotex.model.nuclei import count_nuclei
 from hespotex.model.runners import OnnxRunner, TorchRunner
+from hespotex.model.stain import StainSetting, StainTransform, fit_profile
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +32,40 @@ class EncodedBatch(NamedTuple):
     nucleus_counts: np.ndarray | None
 
 
+def sample_patches(
+    slide: Slide, centres_px: np.ndarray, config: FeaturesConfig, count: int
+) -> np.ndarray:
+    """Up to ``count`` patches spread evenly along the spot order (which the tiles stage lays
+    block by block over the tissue), as the encoder would read them."""
+    index = np.unique(np.linspace(0, len(centres_px) - 1, min(count, len(centres_px))).round())
+    plan = slide.plan(config.patch_um, config.patch_mpp)
+    chosen = np.asarray(centres_px, dtype=np.float64)[index.astype(np.int64)]
+    batches = iter_patch_batches(slide, chosen, plan, len(chosen), 0, config.max_region_px)
+    return np.concatenate(list(batches))
+
+
+def fit_slide_stain(
+    slide: Slide,
+    centres_px: np.ndarray,
+    config: FeaturesConfig,
+    setting: StainSetting,
+    fit_patches: int,
+) -> StainTransform | None:
+    """The slide's stain measured once, on ``fit_patches`` of its patches, mapped to
+    ``setting``'s target; None without normalisation."""
+    if setting.method == StainNormalisation.NONE:
+        return None
+    patches = sample_patches(slide, centres_px, config, fit_patches)
+    source = fit_profile(setting.method, [patches], slide.path)
+    logger.info(
+        "stain measured on %d patches: %s; normalised with %s",
+        len(patches),
+        source.model_dump(exclude_none=True, exclude={"method"}),
+        setting.describe(),
+    )
+    return StainTransform(source, setting.target)
+
+
 def encode_patches(
     slide: Slide,
     centres_px: np.ndarray,
@@ -36,9 +73,11 @@ def encode_patches(
     config: FeaturesConfig,
     description: str = "encoding",
     nucleus_counter: NucleusCounter = NucleusCounter.NONE,
+    stain: StainTransform | None = None,
 ) -> Iterator[EncodedBatch]:
     """Features (B × D float32) for the patches centred on ``centres_px``, batch by batch,
-    with the patches' nucleus counts when a counter is named."""
+    with the patches' nucleus counts when a counter is named; ``stain`` (from
+    ``fit_slide_stain``) maps every patch before either sees it."""
     plan = slide.plan(config.patch_um, config.patch_mpp)
     logger.info(
         "patches: %d px at %.3f µm/px, read as %d px from level %d (%.3f µm/px)",
@@ -54,6 +93,8 @@ def encode_patches(
     )
     with tqdm(total=len(centres_px), desc=description, unit="patch", mininterval=5) as progress:
         for patches in batches:
+            if stain is not None:
+                patches = stain(patches)
             features = runner(patches, slide.path)
             nucleus_counts = (
                 None

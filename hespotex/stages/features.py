@@ -2,8 +2,9 @@
 
 Patches are read and encoded batch by batch (``hespotex.model.encoding``); features are
 written chunk by chunk as batches finish, so memory stays bounded. The store records the
-encoder's identity, and, when the configured checkpoint scales its predictions by nucleus
-counts, each patch's nucleus count.
+encoder's identity, the stain normalisation its patches went through (with the stain measured
+on this slide), and, when the configured checkpoint scales its predictions by nucleus counts,
+each patch's nucleus count.
 """
 
 from __future__ import annotations
@@ -17,20 +18,14 @@ from hespotex.config import NucleusCounter, PipelineConfig
 from hespotex.io.atomic import atomic_path
 from hespotex.io.slide import Slide
 from hespotex.io.stores import FeatureStoreWriter, StoreKeys
-from hespotex.model.checkpoint import read_checkpoint_meta
-from hespotex.model.encoding import encode_patches
+from hespotex.model.checkpoint import CheckpointMeta, read_checkpoint_meta
+from hespotex.model.encoding import encode_patches, fit_slide_stain
 from hespotex.model.runners import build_runner
+from hespotex.model.stain import configured_setting
 from hespotex.paths import SlidePaths
 from hespotex.stages.tiles import read_spots
 
 logger = logging.getLogger(__name__)
-
-
-def checkpoint_nucleus_counter(config: PipelineConfig) -> NucleusCounter:
-    """The counter the configured checkpoint's predictions are scaled by (none without one)."""
-    if config.decode.checkpoint is None:
-        return NucleusCounter.NONE
-    return NucleusCounter(read_checkpoint_meta(config.decode.checkpoint).nucleus_counter)
 
 
 def run_features(slide: Slide, slide_id: str, config: PipelineConfig) -> int:
@@ -38,7 +33,12 @@ def run_features(slide: Slide, slide_id: str, config: PipelineConfig) -> int:
     spots = read_spots(paths.spots)
     centres = spots[["x_px", "y_px"]].to_numpy(dtype=np.float64)
     runner = build_runner(config)
-    nucleus_counter = checkpoint_nucleus_counter(config)
+    checkpoint = config.decode.checkpoint
+    meta: CheckpointMeta | None = None if checkpoint is None else read_checkpoint_meta(checkpoint)
+    # The counter the checkpoint's predictions are scaled by, and its stain target.
+    nucleus_counter = NucleusCounter(meta.nucleus_counter if meta else NucleusCounter.NONE)
+    stain = configured_setting(config.stain, meta.stain if meta else None, checkpoint)
+    transform = fit_slide_stain(slide, centres, config.features, stain, config.stain.fit_patches)
     identity = runner.identity
     logger.info("encoder: %s, run by %s", identity.describe(), runner.describe())
     attributes = {
@@ -52,6 +52,10 @@ def run_features(slide: Slide, slide_id: str, config: PipelineConfig) -> int:
         "coords_units": "level-0 pixels (x, y)",
         StoreKeys.ENCODER: identity.model_dump(mode="json"),
         StoreKeys.NUCLEUS_COUNTER: nucleus_counter.value,
+        StoreKeys.STAIN: stain.model_dump(mode="json"),
+        StoreKeys.STAIN_SOURCE: None
+        if transform is None
+        else transform.source.model_dump(mode="json"),
         "hespotex_version": __version__,
     }
     with atomic_path(paths.features) as tmp:
@@ -59,7 +63,9 @@ def run_features(slide: Slide, slide_id: str, config: PipelineConfig) -> int:
             tmp, centres, identity.feature_dim, config.features.chunk_rows, attributes
         )
         nucleus_counts = []
-        batches = encode_patches(slide, centres, runner, config.features, slide_id, nucleus_counter)
+        batches = encode_patches(
+            slide, centres, runner, config.features, slide_id, nucleus_counter, transform
+        )
         for batch in batches:
             writer.append(batch.features)
             if batch.nucleus_counts is not None:
