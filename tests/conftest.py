@@ -75,6 +75,18 @@ def small_pyramids(tmp_path_factory, he_tile) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def ome_zarr_slide(tmp_path_factory, he_tile) -> Path:
+    """A small OME-Zarr (NGFF 0.5, Zarr v3) of real H&E pixels at 0.25 µm/px, three levels:
+    a dozen 100 µm spots of tissue."""
+    from hespotex.io.pyramids import write_ome_zarr
+
+    path = tmp_path_factory.mktemp("ome-zarr") / "he.ome.zarr"
+    image = tissue_on_glass(he_tile, (2000, 1800), (250, 250, 1750, 1550))
+    write_ome_zarr(path, image, 0.25, "0.5", chunk=256, smallest_level_px=400)
+    return path
+
+
+@pytest.fixture(scope="session")
 def demo_sections(tmp_path_factory) -> Path:
     """The demo's planted training sections of HER2ST B4 (b4-left, b4-right): their sheet."""
     from hespotex.training.demo import build_training
