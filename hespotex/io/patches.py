@@ -9,13 +9,14 @@ whose patches fit one region of at most ``max_region_px`` level pixels a side, r
 the patches are cropped from it. The tiles stage numbers spots block by block, so neighbours
 are read together either way. Batches are read by a pool of threads (the JPEG codecs and
 OpenSlide release the GIL) at most ``max(1, workers) + 1`` batches ahead, into fresh arrays,
-so memory stays bounded whatever the slide's size.
+so memory stays bounded whatever the slide's size. A per-pixel ``transform`` of each batch
+(stain normalisation) runs in the same threads, beside the encoder rather than before it.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -89,8 +90,14 @@ def iter_patch_batches(
     batch_size: int,
     workers: int,
     max_region_px: int = 2048,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Iterator[np.ndarray]:
-    """(B, H, W, 3) uint8 batches in spot order."""
+    """(B, H, W, 3) uint8 batches in spot order, each mapped by ``transform`` when given."""
+
+    def read(batch_origins: np.ndarray) -> np.ndarray:
+        patches = read_batch(slide, batch_origins, plan, max_region_px)
+        return patches if transform is None else transform(patches)
+
     downsample = slide.backend.level_downsamples[plan.level]
     origins = field_origins(np.asarray(centres_px, dtype=np.float64), plan, downsample)
     ahead = max(1, workers)
@@ -98,7 +105,7 @@ def iter_patch_batches(
         pending: deque = deque()
         for start in range(0, len(origins), batch_size):
             batch_origins = origins[start : start + batch_size]
-            pending.append(pool.submit(read_batch, slide, batch_origins, plan, max_region_px))
+            pending.append(pool.submit(read, batch_origins))
             if len(pending) > ahead:
                 yield pending.popleft().result()
         while pending:

@@ -77,7 +77,7 @@ def encode_patches(
 ) -> Iterator[EncodedBatch]:
     """Features (B × D float32) for the patches centred on ``centres_px``, batch by batch,
     with the patches' nucleus counts when a counter is named; ``stain`` (from
-    ``fit_slide_stain``) maps every patch before either sees it."""
+    ``fit_slide_stain``) maps every patch before either sees it, in the reading threads."""
     plan = slide.plan(config.patch_um, config.patch_mpp)
     logger.info(
         "patches: %d px at %.3f µm/px, read as %d px from level %d (%.3f µm/px)",
@@ -89,12 +89,16 @@ def encode_patches(
     )
     check_patch_geometry(slide, config.patch_um, config.patch_mpp, config.max_upsampling)
     batches = iter_patch_batches(
-        slide, centres_px, plan, config.batch_size, config.num_workers, config.max_region_px
+        slide,
+        centres_px,
+        plan,
+        config.batch_size,
+        config.num_workers,
+        config.max_region_px,
+        stain,
     )
     with tqdm(total=len(centres_px), desc=description, unit="patch", mininterval=5) as progress:
         for patches in batches:
-            if stain is not None:
-                patches = stain(patches)
             features = runner(patches, slide.path)
             nucleus_counts = (
                 None
