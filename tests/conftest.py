@@ -117,10 +117,8 @@ def trained_checkpoint(tmp_path_factory, demo_sections) -> Path:
     return checkpoint
 
 
-@pytest.fixture(scope="session")
-def decoded(tmp_path_factory, trained_checkpoint):
-    """The real Aperio slide through every stage with the trained checkpoint."""
-    from hespotex.config import parse_config
+def run_slide(config, slide_id: str = "svs", path: Path = SVS, outputs: bool = True):
+    """A slide through every stage, as the workflow runs them (the outputs stage optional)."""
     from hespotex.io.slide import open_slide
     from hespotex.outputs.per_slide import write_slide_outputs
     from hespotex.paths import SlidePaths
@@ -129,6 +127,22 @@ def decoded(tmp_path_factory, trained_checkpoint):
     from hespotex.stages.graph import run_graph
     from hespotex.stages.tiles import run_tiles
     from hespotex.stages.tissue import run_tissue
+
+    with open_slide(path, slide_id) as slide:
+        run_tissue(slide, slide_id, config)
+        run_tiles(slide_id, config)
+        run_features(slide, slide_id, config)
+        run_graph(slide_id, config)
+        run_decode(slide_id, config)
+        if outputs:
+            write_slide_outputs(slide, slide_id, config)
+    return SlidePaths(config.results, slide_id)
+
+
+@pytest.fixture(scope="session")
+def decoded(tmp_path_factory, trained_checkpoint):
+    """The real Aperio slide through every stage with the trained checkpoint."""
+    from hespotex.config import parse_config
 
     results = tmp_path_factory.mktemp("decoded")
     config = parse_config(
@@ -139,14 +153,7 @@ def decoded(tmp_path_factory, trained_checkpoint):
             "outputs": {"genes": ["PLANTED_HEMATOXYLIN"]},
         }
     )
-    with open_slide(SVS, "svs") as slide:
-        run_tissue(slide, "svs", config)
-        run_tiles("svs", config)
-        run_features(slide, "svs", config)
-        run_graph("svs", config)
-        run_decode("svs", config)
-        write_slide_outputs(slide, "svs", config)
-    return config, SlidePaths(results, "svs")
+    return config, run_slide(config)
 
 
 def unavailable(reason: str, switch: str):

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import SHARED_DATA, SVS, write_sheet
+from conftest import SHARED_DATA, SVS, run_slide, write_sheet
 from scipy import sparse
 
 from hespotex.cli.preflight import check_run
@@ -30,12 +30,9 @@ from hespotex.model.stain import (
     reference_setting,
 )
 from hespotex.outputs.per_slide import feature_stain_transform
-from hespotex.paths import SlidePaths
 from hespotex.stages.decode import run_decode
 from hespotex.stages.features import run_features
-from hespotex.stages.graph import run_graph
-from hespotex.stages.tiles import read_spots, run_tiles
-from hespotex.stages.tissue import run_tissue
+from hespotex.stages.tiles import read_spots
 from hespotex.training.data import encode_sections, load_sections, training_stain
 from hespotex.training.fit import train
 from hespotex.training.sections import Section, read_sections_sheet
@@ -192,13 +189,7 @@ def normalised_svs(tmp_path_factory, macenko_checkpoint):
             "decode": {"checkpoint": str(macenko_checkpoint)},
         }
     )
-    with open_slide(SVS, "svs") as slide:
-        run_tissue(slide, "svs", config)
-        run_tiles("svs", config)
-        run_features(slide, "svs", config)
-    run_graph("svs", config)
-    run_decode("svs", config)
-    return config, SlidePaths(results, "svs")
+    return config, run_slide(config, outputs=False)
 
 
 def test_the_features_stage_normalises_as_training_does(normalised_svs, macenko_checkpoint):
