@@ -12,11 +12,11 @@ from hespotex.cli.main import main
 
 
 def test_evaluate_scores_a_held_out_section_writing_genes_summary_and_maps(
-    tmp_path, trained_checkpoint
+    tmp_path, trained_checkpoint, demo_sections
 ):
     """The checkpoint trained on B4's left half, its epoch chosen on the right half, scored on
     HER2ST C3, which neither saw."""
-    sheet = trained_checkpoint.parent / "training" / "heldout.tsv"
+    sheet = demo_sections.parent / "heldout.tsv"
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"encoder": TEST_ENCODER, "features": {"device": "cpu"}}))
     out = tmp_path / "evaluation"
@@ -41,8 +41,10 @@ def test_evaluate_scores_a_held_out_section_writing_genes_summary_and_maps(
         assert image.width > 300 and image.height > 1000
 
 
-def test_evaluate_refuses_a_checkpoint_of_another_encoder(tmp_path, trained_checkpoint):
-    sheet = trained_checkpoint.parent / "training" / "sections.tsv"
+def test_evaluate_refuses_a_checkpoint_of_another_encoder(
+    tmp_path, trained_checkpoint, demo_sections, caplog
+):
+    sheet = demo_sections
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"encoder": {"architecture": "stain-stats"}}))
     status = main(
@@ -50,6 +52,7 @@ def test_evaluate_refuses_a_checkpoint_of_another_encoder(tmp_path, trained_chec
          "--config", str(config), "--out", str(tmp_path / "out")]
     )  # fmt: skip
     assert status == 1
+    assert "use the encoder the checkpoint was trained with" in caplog.text
     assert not (tmp_path / "out" / "genes.tsv").exists()
 
 
