@@ -20,8 +20,9 @@ of real scans (CMU-1, tiatoolbox's tile) loads on its DAB channel, making 49–6
 pixels "DAB-dominant" against 70 % on the real IHC image; the blue-against-green comparison
 separates them completely. The thresholds were set on the real images in ``../shared/data``
 (``benchmarks/RESULTS.md``, "Stain check"): the H&E sections and slides have under 0.05 %
-DAB-coloured and at most 1.1 % other-coloured stained pixels, the IHC image 85 % DAB-coloured. An IHC slide with almost
-no DAB (a negative stain) is colour-wise a haematoxylin-only slide and passes.
+DAB-coloured and at most 1.1 % other-coloured stained pixels, the IHC image 85 % DAB-coloured.
+An IHC slide with almost no DAB (a negative stain) is colour-wise a haematoxylin-only slide and
+passes.
 """
 
 from __future__ import annotations
