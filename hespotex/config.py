@@ -27,6 +27,14 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class StainCheck(StrEnum):
+    """What the tissue stage does with a slide whose tissue does not look like H&E."""
+
+    ERROR = "error"
+    WARN = "warn"
+    OFF = "off"
+
+
 class TissueConfig(_Section):
     """Tissue detection on a low-resolution copy of the slide."""
 
@@ -44,6 +52,12 @@ class TissueConfig(_Section):
     )
     min_hole_um2: float = Field(
         20000.0, ge=0, description="holes in tissue smaller than this are filled (µm²)"
+    )
+    stain_check: StainCheck = Field(
+        StainCheck.ERROR,
+        description="error: refuse a slide whose tissue is clearly not H&E (IHC's DAB brown, "
+        "or another stain), naming the measured numbers; warn: log them and go on; off: only "
+        "record them (a dark fluorescence slide is refused whatever this says)",
     )
 
 
@@ -104,6 +118,49 @@ class EncoderConfig(_Section):
     @property
     def is_random(self) -> bool:
         return self.weights == RANDOM_WEIGHTS
+
+
+class StainNormalisation(StrEnum):
+    """tiatoolbox's stain normalisers (``tiatoolbox.tools.stainnorm``)."""
+
+    NONE = "none"
+    MACENKO = "macenko"
+    VAHADANE = "vahadane"
+    REINHARD = "reinhard"
+
+
+STAIN_TARGET_CHECKPOINT = "checkpoint"
+
+
+class StainConfig(_Section):
+    """Stain normalisation of every patch before the encoder, in training and inference
+    alike. The slide's own stain is measured once per slide; each patch is then mapped to
+    the target's stain."""
+
+    normalisation: StainNormalisation = Field(
+        StainNormalisation.NONE,
+        description="none, or a tiatoolbox normaliser: macenko, vahadane (stain vectors and "
+        "their intensity), reinhard (LAB colour means and spreads)",
+    )
+    target: str = Field(
+        STAIN_TARGET_CHECKPOINT,
+        min_length=1,
+        description="checkpoint: the stain statistics stored in decode.checkpoint (when "
+        "training: those of the training sections, stored in the new checkpoint); or the path "
+        "of a reference H&E image (PNG, JPEG, TIFF) at about features.patch_mpp",
+    )
+    fit_patches: int = Field(
+        64,
+        ge=1,
+        le=4096,
+        description="patches per slide (spread over its spots) the slide's own stain is "
+        "measured on",
+    )
+
+    @property
+    def target_image(self) -> Path | None:
+        """The reference image, or None when the target is the checkpoint's."""
+        return None if self.target == STAIN_TARGET_CHECKPOINT else Path(self.target)
 
 
 class FeaturesConfig(_Section):
@@ -348,6 +405,7 @@ class PipelineConfig(_Section):
     grid: GridConfig = GridConfig()
     encoder: EncoderConfig
     features: FeaturesConfig = FeaturesConfig()
+    stain: StainConfig = StainConfig()
     graph: GraphConfig = GraphConfig()
     decode: DecodeConfig = DecodeConfig()
     training: TrainingConfig = TrainingConfig()

@@ -68,6 +68,11 @@ class NotBrightfieldError(NoTissueError):
     """The slide is not a brightfield H&E scan (e.g. fluorescence)."""
 
 
+class WrongStainError(SlideError):
+    """The slide's tissue does not look like H&E (IHC's DAB, another stain): its colour
+    measurements are in the message."""
+
+
 class SlideTooSmallError(NoTissueError):
     """The whole slide is smaller than one patch."""
 
@@ -95,3 +100,8 @@ class CheckpointError(InputDataError):
 class EncoderMismatchError(InputDataError):
     """A checkpoint, ONNX model or feature store was made with another encoder (or other
     weights) than the one it is used with."""
+
+
+class StainMismatchError(EncoderMismatchError):
+    """Features were made with another stain normalisation (method or target) than the
+    checkpoint they are decoded with was trained on."""

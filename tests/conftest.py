@@ -84,34 +84,50 @@ def small_pyramids(tmp_path_factory, he_tile) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def trained_checkpoint(tmp_path_factory) -> Path:
-    """A small checkpoint trained by `hespotex train` on the demo's planted B4 sections."""
-    from hespotex.config import parse_config
-    from hespotex.model.checkpoint import save_checkpoint
+def ome_zarr_slide(tmp_path_factory, he_tile) -> Path:
+    """A small OME-Zarr (NGFF 0.5, Zarr v3) of real H&E pixels at 0.25 µm/px, three levels:
+    a dozen 100 µm spots of tissue."""
+    from hespotex.io.pyramids import write_ome_zarr
+
+    path = tmp_path_factory.mktemp("ome-zarr") / "he.ome.zarr"
+    image = tissue_on_glass(he_tile, (2000, 1800), (250, 250, 1750, 1550))
+    write_ome_zarr(path, image, 0.25, "0.5", chunk=256, smallest_level_px=400)
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_sections(tmp_path_factory) -> Path:
+    """The demo's planted training sections of HER2ST B4 (b4-left, b4-right): their sheet."""
     from hespotex.training.demo import build_training
-    from hespotex.training.fit import train
-    from hespotex.training.sections import read_sections_sheet
 
     folder = tmp_path_factory.mktemp("training")
     build_training(folder, SHARED_DATA)
+    return folder / "training" / "sections.tsv"
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory, demo_sections) -> Path:
+    """A small checkpoint trained by `hespotex train` on the demo's planted B4 sections."""
+    from hespotex.config import parse_config
+    from hespotex.model.checkpoint import save_checkpoint
+    from hespotex.training.fit import train
+    from hespotex.training.sections import read_sections_sheet
+
+    folder = tmp_path_factory.mktemp("trained")
     config = parse_config(
         {
             "encoder": TEST_ENCODER,
             "training": {"gate_epochs": 40, "epochs": 60, "patience": 15},
         }
     )
-    model, meta = train(
-        read_sections_sheet(folder / "training" / "sections.tsv"), "b4-right", config
-    )
+    model, meta = train(read_sections_sheet(demo_sections), "b4-right", config)
     checkpoint = folder / "model.safetensors"
     save_checkpoint(checkpoint, model, meta)
     return checkpoint
 
 
-@pytest.fixture(scope="session")
-def decoded(tmp_path_factory, trained_checkpoint):
-    """The real Aperio slide through every stage with the trained checkpoint."""
-    from hespotex.config import parse_config
+def run_slide(config, slide_id: str = "svs", path: Path = SVS, outputs: bool = True):
+    """A slide through every stage, as the workflow runs them (the outputs stage optional)."""
     from hespotex.io.slide import open_slide
     from hespotex.outputs.per_slide import write_slide_outputs
     from hespotex.paths import SlidePaths
@@ -120,6 +136,22 @@ def decoded(tmp_path_factory, trained_checkpoint):
     from hespotex.stages.graph import run_graph
     from hespotex.stages.tiles import run_tiles
     from hespotex.stages.tissue import run_tissue
+
+    with open_slide(path, slide_id) as slide:
+        run_tissue(slide, slide_id, config)
+        run_tiles(slide_id, config)
+        run_features(slide, slide_id, config)
+        run_graph(slide_id, config)
+        run_decode(slide_id, config)
+        if outputs:
+            write_slide_outputs(slide, slide_id, config)
+    return SlidePaths(config.results, slide_id)
+
+
+@pytest.fixture(scope="session")
+def decoded(tmp_path_factory, trained_checkpoint):
+    """The real Aperio slide through every stage with the trained checkpoint."""
+    from hespotex.config import parse_config
 
     results = tmp_path_factory.mktemp("decoded")
     config = parse_config(
@@ -130,14 +162,7 @@ def decoded(tmp_path_factory, trained_checkpoint):
             "outputs": {"genes": ["PLANTED_HEMATOXYLIN"]},
         }
     )
-    with open_slide(SVS, "svs") as slide:
-        run_tissue(slide, "svs", config)
-        run_tiles("svs", config)
-        run_features(slide, "svs", config)
-        run_graph("svs", config)
-        run_decode("svs", config)
-        write_slide_outputs(slide, "svs", config)
-    return config, SlidePaths(results, "svs")
+    return config, run_slide(config)
 
 
 def unavailable(reason: str, switch: str):

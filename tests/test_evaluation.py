@@ -12,11 +12,11 @@ from hespotex.cli.main import main
 
 
 def test_evaluate_scores_a_held_out_section_writing_genes_summary_and_maps(
-    tmp_path, trained_checkpoint
+    tmp_path, trained_checkpoint, demo_sections
 ):
     """The checkpoint trained on B4's left half, its epoch chosen on the right half, scored on
     HER2ST C3, which neither saw."""
-    sheet = trained_checkpoint.parent / "training" / "heldout.tsv"
+    sheet = demo_sections.parent / "heldout.tsv"
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"encoder": TEST_ENCODER, "features": {"device": "cpu"}}))
     out = tmp_path / "evaluation"
@@ -41,8 +41,10 @@ def test_evaluate_scores_a_held_out_section_writing_genes_summary_and_maps(
         assert image.width > 300 and image.height > 1000
 
 
-def test_evaluate_refuses_a_checkpoint_of_another_encoder(tmp_path, trained_checkpoint):
-    sheet = trained_checkpoint.parent / "training" / "sections.tsv"
+def test_evaluate_refuses_a_checkpoint_of_another_encoder(
+    tmp_path, trained_checkpoint, demo_sections, caplog
+):
+    sheet = demo_sections
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"encoder": {"architecture": "stain-stats"}}))
     status = main(
@@ -50,11 +52,14 @@ def test_evaluate_refuses_a_checkpoint_of_another_encoder(tmp_path, trained_chec
          "--config", str(config), "--out", str(tmp_path / "out")]
     )  # fmt: skip
     assert status == 1
+    assert "use the encoder the checkpoint was trained with" in caplog.text
     assert not (tmp_path / "out" / "genes.tsv").exists()
 
 
-def test_crossval_writes_folds_and_mean_sd_over_seeds(tmp_path):
-    """Three sections cut from the real xfuse ST section (left, middle, right third)."""
+@pytest.mark.parametrize("stain", ["none", "macenko"])
+def test_crossval_writes_folds_and_mean_sd_over_seeds(tmp_path, stain):
+    """Three sections cut from the real xfuse ST section (left, middle, right third); with
+    stain normalisation each fold is normalised to its own training section's stain."""
     xfuse = SHARED_DATA / "xfuse-mob-st"
     counts = pd.read_csv(xfuse / "counts.tsv", sep="\t", index_col=0)
     spots = pd.read_csv(xfuse / "spots.tsv", sep="\t")
@@ -74,6 +79,7 @@ def test_crossval_writes_folds_and_mean_sd_over_seeds(tmp_path):
             {
                 "encoder": {"architecture": "stain-stats"},
                 "features": {"patch_px": 16, "patch_mpp": 7.0, "device": "cpu"},
+                "stain": {"normalisation": stain},
                 "training": {"gate_epochs": 10, "epochs": 5, "min_spot_counts": 0,
                              "gene_selection": "shared"},
             }
@@ -92,6 +98,7 @@ def test_crossval_writes_folds_and_mean_sd_over_seeds(tmp_path):
     genes = pd.read_csv(out / "genes.tsv", sep="\t")
     assert set(genes["model"]) == {"hespotex", "ridge"} and len(genes) == 6 * 2 * 10
     summary = json.loads((out / "summary.json").read_text())
+    assert summary["stain_normalisation"] == stain
     per_seed = folds.groupby("seed")["hespotex_pearson_all"].mean()
     assert summary["overall"]["hespotex_pearson_all"]["mean"] == pytest.approx(per_seed.mean())
     assert summary["overall"]["hespotex_pearson_all"]["sd"] == pytest.approx(per_seed.std())

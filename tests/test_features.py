@@ -56,6 +56,13 @@ def test_feature_store_is_zarr_v3_with_rows_coords_and_attributes(svs_features):
     assert (encoder.architecture, encoder.weights_sha256) == ("vit-tiny-32", "random-seed-0")
     assert encoder.is_random and encoder.feature_dim == 512
     assert attributes["hespotex_version"] == __version__
+    assert attributes[StoreKeys.STAIN] == {
+        "method": "none",
+        "target": None,
+        "target_source": "none",
+        "target_sha256": None,
+    }
+    assert attributes[StoreKeys.STAIN_SOURCE] is None
     assert not svs_features.features.with_name("features.zarr.tmp").exists()
 
 

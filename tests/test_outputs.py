@@ -85,6 +85,10 @@ def test_qc_json_records_spots_area_resolution_identities_and_stage_timings(
     assert qc["encoder"]["random_weights"] is True
     assert qc["checkpoint"]["sha256"] == file_sha256(trained_checkpoint)
     assert qc["checkpoint"]["trained_on"] == ["b4-left"]
+    assert qc["stain_check"]["verdict"] == "H&E" and qc["stain_check"]["dab_fraction"] < 0.01
+    assert qc["stain_normalisation"]["method"] == "none"
+    assert qc["stain_normalisation"]["description"] == "no stain normalisation"
+    assert qc["stain_normalisation"]["measured_on_slide"] is None
     assert set(qc["timings"]) == set(STAGES)
     assert all(entry["seconds"] >= 0.01 for entry in qc["timings"].values())
     assert all(entry["peak_rss_mb"] > 50 for entry in qc["timings"].values())

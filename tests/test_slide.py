@@ -2,10 +2,12 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import DICOM_FOLDER, NDPI, OME_TIFF, OPENSLIDE_REJECTS, SVS
+from conftest import DICOM_FOLDER, NDPI, OME_TIFF, OPENSLIDE_REJECTS, SVS, tissue_on_glass
+from PIL import Image
 
 from hespotex.errors import InvalidMppError, MissingMppError, SlideOpenError, SlideReadError
 from hespotex.io.backends import ArraySlide, open_backend
+from hespotex.io.pyramids import write_ome_zarr
 from hespotex.io.slide import Slide, open_slide, resolve_mpp
 
 
@@ -164,3 +166,98 @@ def test_dicom_folder_needs_no_copy(tmp_path):
     shutil.copytree(DICOM_FOLDER, copy)
     with open_slide(copy, "copy") as slide:
         assert slide.dimensions == (2220, 2967)
+
+
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_ome_zarr_opens_with_zarr_its_levels_and_the_mpp_of_its_scale(tmp_path, he_tile, version):
+    from tiatoolbox.wsicore.wsireader import WSIReader
+
+    image = tissue_on_glass(he_tile, (1500, 1300), (100, 100, 1400, 1200))
+    path = tmp_path / f"he-{version}.ome.zarr"
+    write_ome_zarr(path, image, 0.25, version, chunk=256, smallest_level_px=330)
+    with open_slide(path, "zarr") as slide:
+        assert slide.reader == "ome-zarr"
+        assert slide.mpp == pytest.approx(0.25) and slide.mpp_source == "slide metadata (ome-zarr)"
+        assert slide.backend.level_dimensions == [(1500, 1300), (750, 650), (375, 325)]
+        assert slide.backend.level_downsamples == [1.0, 2.0, 4.0]
+        region = slide.backend.read_region((300, 200), 0, (224, 160))
+        assert np.array_equal(region, image[200:360, 300:524])
+        # Past the edge is glass, as every reader answers.
+        corner = slide.backend.read_region((1400, 1200), 0, (200, 200))
+        assert np.array_equal(corner[:100, :100], image[1200:, 1400:])
+        assert (corner[100:] == 255).all() and (corner[:, 100:] == 255).all()
+        assert slide.best_level(0.5) == 1
+        halved = np.asarray(Image.fromarray(image).reduce(2))
+        region = slide.backend.read_region((600, 400), 1, (112, 112))
+        assert np.array_equal(region, halved[200:312, 300:412])
+        ours = slide.backend.read_region((600, 400), 0, (224, 224))
+    if version == "0.4":  # tiatoolbox's NGFF reader: 0.4 (Zarr v2) only, level 0 only
+        reader = WSIReader.open(path)
+        assert tuple(reader.info.mpp) == (0.25, 0.25)
+        assert np.array_equal(reader.read_rect((600, 400), (224, 224)), ours)
+
+
+def test_ome_zarr_of_bioformats2raw_and_refusals_name_the_cause(tmp_path, he_tile):
+    import zarr
+
+    layout = tmp_path / "converted.zarr"
+    write_ome_zarr(layout / "0", he_tile, 0.5, "0.4", smallest_level_px=600)
+    zarr.open_group(str(layout), mode="a", zarr_format=2).attrs["bioformats2raw.layout"] = 3
+    with open_slide(layout, "b2r") as slide:
+        assert slide.dimensions == (1000, 1000) and slide.mpp == pytest.approx(0.5)
+    grey = tmp_path / "dapi.ome.zarr"
+    group = zarr.open_group(str(grey), mode="w", zarr_format=3)
+    group.create_array("0", shape=(1, 64, 64), dtype="uint16")
+    axes = [{"name": name, "type": "space"} for name in "cyx"]
+    group.attrs["ome"] = {"multiscales": [{"axes": axes, "datasets": [{"path": "0"}]}]}
+    with pytest.raises(SlideOpenError, match=r"dapi\.ome\.zarr: not an RGB brightfield image"):
+        open_backend(grey)
+    broken = tmp_path / "broken.zarr"
+    broken.mkdir()
+    (broken / "zarr.json").write_text("{not json")
+    with pytest.raises(SlideOpenError, match=r"broken\.zarr: not a readable OME-Zarr image"):
+        open_backend(broken)
+    # No unit on the axes: no mpp in the metadata, so the sheet must give it.
+    unitless = tmp_path / "unitless.ome.zarr"
+    write_ome_zarr(unitless, he_tile, 0.5, "0.5", smallest_level_px=600)
+    group = zarr.open_group(str(unitless), mode="a")
+    ome = dict(group.attrs["ome"])
+    ome["multiscales"][0]["axes"] = [{"name": name} for name in "cyx"]
+    group.attrs["ome"] = ome
+    backend = open_backend(unitless)
+    assert backend.metadata_mpp is None
+    with pytest.raises(MissingMppError, match="unitless"):
+        resolve_mpp(backend, None, "unitless")
+    assert resolve_mpp(backend, 0.5, "unitless") == (0.5, "sample sheet")
+
+
+def test_a_tiff_openslide_and_tifffile_refuse_is_read_through_tiatoolbox(tmp_path, he_tile):
+    """RGB as three separate planes in strips: OpenSlide wants tiles, our tifffile reader
+    wants interleaved RGB; tiatoolbox reads it, and the mpp comes from its resolution tags."""
+    import tifffile
+
+    image = tissue_on_glass(he_tile, (1200, 1100), (100, 100, 1100, 1000))
+    planar = tmp_path / "planar.tif"
+    tifffile.imwrite(
+        planar,
+        np.moveaxis(image, -1, 0),
+        photometric="rgb",
+        planarconfig="separate",
+        compression="zlib",
+        resolution=(1e4 / 0.5, 1e4 / 0.5),
+        resolutionunit="CENTIMETER",
+    )
+    with open_slide(planar, "planar") as slide:
+        assert slide.reader == "tiatoolbox"
+        assert slide.mpp == pytest.approx(0.5) and slide.dimensions == (1200, 1100)
+        region = slide.backend.read_region((50, 60), 0, (300, 200))
+        assert np.array_equal(region, image[60:260, 50:350])
+        edge = slide.backend.read_region((1100, 1000), 0, (200, 200))
+        assert (edge[100:] == 255).all() and np.array_equal(edge[:100, :100], image[1000:, 1100:])
+    garbage = tmp_path / "garbage.tif"
+    garbage.write_bytes(b"II*\x00" + b"\x00" * 64)
+    with pytest.raises(SlideOpenError) as error:
+        open_backend(garbage)
+    assert "garbage.tif: no reader can open it" in str(error.value)
+    assert "tifffile cannot read it" in str(error.value)
+    assert "tiatoolbox cannot read it" in str(error.value)

@@ -29,6 +29,8 @@ from conftest import (
 from hespotex.paths import STAGES, CohortPaths, RunPaths, SlidePaths
 
 pytestmark = pytest.mark.e2e
+# The cohort of `cohort_run`: every reader, an OME-Zarr folder included.
+COHORT_SLIDES = ("svs", "dicom", "ome", "tagged", "untagged", "omezarr")
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 
 
@@ -72,7 +74,7 @@ def outputs_of(results: Path, slide_id: str) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def cohort_run(tmp_path_factory, small_pyramids, trained_checkpoint):
+def cohort_run(tmp_path_factory, small_pyramids, ome_zarr_slide, trained_checkpoint):
     folder = tmp_path_factory.mktemp("cohort")
     sheet = write_sheet(
         folder / "samples.tsv",
@@ -82,6 +84,7 @@ def cohort_run(tmp_path_factory, small_pyramids, trained_checkpoint):
             ("ome", OME_TIFF, None),
             ("tagged", small_pyramids["tagged"], None),
             ("untagged", small_pyramids["untagged"], 0.5),
+            ("omezarr", ome_zarr_slide, None),
         ],
     )
     config = write_config(
@@ -98,7 +101,7 @@ def test_snakemake_runs_the_cohort_to_expression_maps(cohort_run):
     folder, _, result = cohort_run
     assert result.returncode == 0, result.stderr[-3000:]
     results = folder / "results"
-    for slide_id in ("svs", "dicom", "ome", "tagged", "untagged"):
+    for slide_id in COHORT_SLIDES:
         for path in outputs_of(results, slide_id):
             assert path.exists(), path
         for stage in STAGES:
@@ -110,6 +113,10 @@ def test_snakemake_runs_the_cohort_to_expression_maps(cohort_run):
     assert not list(results.rglob("*.tmp"))
     untagged = ad.read_h5ad(SlidePaths(results, "untagged").expression)
     assert untagged.uns["hespotex"]["mpp_source"] == "sample sheet"
+    zarr_qc = json.loads(SlidePaths(results, "omezarr").qc.read_text())
+    assert zarr_qc["reader"] == "ome-zarr" and zarr_qc["mpp"] == pytest.approx(0.25)
+    assert zarr_qc["mpp_source"] == "slide metadata (ome-zarr)"
+    assert zarr_qc["stain_check"]["verdict"] == "H&E" and zarr_qc["spots"] >= 4
     features_log = (folder / "logs" / "features" / "svs.log").read_text()
     assert "RANDOM weights" in features_log
 
@@ -119,7 +126,7 @@ def test_cohort_tables_cover_every_slide(cohort_run):
     assert result.returncode == 0, result.stderr[-3000:]
     cohort = CohortPaths(folder / "results")
     summary = pd.read_csv(cohort.summary, sep="\t", index_col="slide_id")
-    assert list(summary.index) == ["svs", "dicom", "ome", "tagged", "untagged"]
+    assert list(summary.index) == list(COHORT_SLIDES)
     assert (summary["status"] == "done").all()
     assert (summary[[f"{stage}_s" for stage in STAGES]] > 0).all().all()
     assert summary.loc["untagged", "mpp_source"] == "sample sheet"
@@ -141,8 +148,9 @@ def test_snakemake_report_gathers_qc_heatmaps_top_patches_and_the_summary(cohort
     html = report.read_text()
     for category in ("Tissue QC", "Heatmaps", "Top patches", "Cohort"):
         assert category in html
-    assert html.count("PLANTED_HEMATOXYLIN.png") >= 10  # a heatmap and a montage per slide
-    for slide_id in ("svs", "dicom", "ome", "tagged", "untagged"):
+    # A heatmap and a montage per slide.
+    assert html.count("PLANTED_HEMATOXYLIN.png") >= 2 * len(COHORT_SLIDES)
+    for slide_id in COHORT_SLIDES:
         assert slide_id in html
     assert "summary.tsv" in html
 

@@ -1,8 +1,9 @@
 """Checks a run passes before any job starts: what would otherwise fail on every slide.
 
 Called by the Snakefile at parse time and by `hespotex check`: the sample sheet, the encoder
-weights file, and the checkpoint (readable, trained on this encoder, patch geometry and graph
-k as configured, output genes among its genes), and the SpatialData interpreter when asked for.
+weights file, and the checkpoint (readable, trained on this encoder and stain normalisation,
+patch geometry and graph k as configured, output genes among its genes), and the SpatialData
+interpreter when asked for.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from hespotex.config import PipelineConfig, SampleRow, read_sample_sheet
 from hespotex.errors import ConfigError
 from hespotex.model.checkpoint import check_checkpoint_encoder, read_checkpoint_meta
 from hespotex.model.identity import encoder_identity
+from hespotex.model.stain import check_stain_config
 
 
 def check_run(config: PipelineConfig) -> dict[str, SampleRow]:
@@ -31,6 +33,7 @@ def check_run(config: PipelineConfig) -> dict[str, SampleRow]:
         raise ConfigError("decode.checkpoint is not set: train one with `hespotex train`")
     meta = read_checkpoint_meta(checkpoint)
     check_checkpoint_encoder(checkpoint, meta, "the config's encoder", encoder)
+    check_stain_config(config.stain, meta.stain, checkpoint)
     expected = {
         "features.patch_px": (config.features.patch_px, meta.patch_px),
         "features.patch_mpp": (config.features.patch_mpp, meta.patch_mpp),

@@ -2,14 +2,16 @@
 
 No single library opens every real slide (``../shared/notes/readers.md``), so
 ``open_backend`` picks per file: OpenSlide for vendor formats and DICOM series (given as the
-folder or any of its files), tifffile for TIFFs OpenSlide refuses (OME-TIFF), Pillow for
-plain images (HER2ST-style JPEGs); tiled TIFFs are decoded tile by tile through
-``hespotex.io.tiledtiff``. ``ArraySlide`` wraps an array (tests, training images).
+folder or any of its files), tifffile for TIFFs OpenSlide refuses (OME-TIFF), zarr for
+OME-Zarr (OME-NGFF) folders, Pillow for plain images (HER2ST-style JPEGs), and tiatoolbox for
+a TIFF that OpenSlide and tifffile's reader both refuse; tiled TIFFs are decoded tile by tile
+through ``hespotex.io.tiledtiff``. ``ArraySlide`` wraps an array (tests, training images).
 Locations are level-0 pixels (x, y); regions outside the slide come back as glass.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Sequence
@@ -23,7 +25,14 @@ from hespotex.errors import SlideOpenError, SlideReadError
 from hespotex.io.tiledtiff import TiledTiffLevels
 from hespotex.io.windows import BACKGROUND, read_window
 
+logger = logging.getLogger(__name__)
+
 PLAIN_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+TIFF_SUFFIXES = {".tif", ".tiff"}
+# What marks a folder as a Zarr store (v3, v2 group, v2 array) when its name does not.
+ZARR_MARKERS = ("zarr.json", ".zgroup", ".zattrs")
+# OME-NGFF axis units, in µm.
+NGFF_UNITS_UM = {"micrometer": 1.0, "nanometer": 1e-3, "millimeter": 1e3, "centimeter": 1e4}
 
 
 class SlideBackend(Protocol):
@@ -113,6 +122,27 @@ class OpenSlideBackend:
         self._slide.close()
 
 
+def tiff_mpp(tiff) -> float | None:
+    """µm per pixel of a ``tifffile.TiffFile``: the OME-XML's PhysicalSizeX, else the first
+    page's resolution tags."""
+    if tiff.is_ome and tiff.ome_metadata:
+        root = ElementTree.fromstring(tiff.ome_metadata)
+        for element in root.iter():
+            if element.tag.endswith("Pixels") and "PhysicalSizeX" in element.attrib:
+                unit = element.attrib.get("PhysicalSizeXUnit", "µm")
+                scale = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3}.get(unit)
+                if scale is not None:
+                    return float(element.attrib["PhysicalSizeX"]) * scale
+    page = tiff.pages[0]
+    resolution = page.tags.get("XResolution")
+    unit = page.tags.get("ResolutionUnit")
+    if resolution is None or unit is None:
+        return None
+    numerator, denominator = resolution.value
+    unit_name = {2: "inch", 3: "centimeter"}.get(int(unit.value))
+    return _mpp_from_resolution_tag(numerator / denominator if denominator else 0, unit_name)
+
+
 class TiffFileBackend:
     """TIFFs OpenSlide refuses (OME-TIFF, unusual tags), read tile-wise through tifffile's zarr."""
 
@@ -143,26 +173,8 @@ class TiffFileBackend:
         self.level_dimensions = [(level.shape[-2], level.shape[-3]) for level in self._levels]
         width0 = self.level_dimensions[0][0]
         self.level_downsamples = [width0 / dims[0] for dims in self.level_dimensions]
-        self.metadata_mpp = self._read_mpp()
+        self.metadata_mpp = tiff_mpp(self._tiff)
         self.tiles = TiledTiffLevels.open_if_usable(path, self.level_dimensions)
-
-    def _read_mpp(self) -> float | None:
-        if self._tiff.is_ome and self._tiff.ome_metadata:
-            root = ElementTree.fromstring(self._tiff.ome_metadata)
-            for element in root.iter():
-                if element.tag.endswith("Pixels") and "PhysicalSizeX" in element.attrib:
-                    unit = element.attrib.get("PhysicalSizeXUnit", "µm")
-                    scale = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3}.get(unit)
-                    if scale is not None:
-                        return float(element.attrib["PhysicalSizeX"]) * scale
-        page = self._tiff.pages[0]
-        resolution = page.tags.get("XResolution")
-        unit = page.tags.get("ResolutionUnit")
-        if resolution is None or unit is None:
-            return None
-        numerator, denominator = resolution.value
-        unit_name = {2: "inch", 3: "centimeter"}.get(int(unit.value))
-        return _mpp_from_resolution_tag(numerator / denominator if denominator else 0, unit_name)
 
     def read_region(
         self, location: tuple[int, int], level: int, size: tuple[int, int]
@@ -187,6 +199,136 @@ class TiffFileBackend:
         if self.tiles is not None:
             self.tiles.close()
         self._tiff.close()
+
+
+class OmeZarrBackend:
+    """An OME-Zarr (OME-NGFF 0.4 on Zarr v2, or 0.5 on Zarr v3) multiscale image, read with
+    zarr directly, chunk by chunk: measured faster than tiatoolbox's ``NGFFWSIReader`` on
+    the same slide (``benchmarks/RESULTS.md``, "OME-Zarr slides"), which also reads 0.4 only.
+
+    The image is the store's first multiscale (or, for a bioformats2raw layout, that of its
+    series ``0``); its datasets are the pyramid levels, largest first. Axes are named
+    (``c``, ``y``, ``x``, plus any ``t`` or ``z``, read at index 0); the channel axis must hold
+    the three 8-bit RGB channels of a brightfield scan. The mpp is the level-0 dataset's
+    ``scale`` on ``x`` (times a multiscale-wide scale where given), in the ``x`` axis' unit.
+    """
+
+    name = "ome-zarr"
+    tiles = None
+
+    def __init__(self, path: Path):
+        import zarr
+
+        self.path = path
+        try:
+            group = zarr.open_group(str(path), mode="r")
+            attributes = dict(group.attrs)
+            attributes = attributes.get("ome", attributes)  # 0.5 nests its keys under "ome"
+            if "multiscales" not in attributes and "bioformats2raw.layout" in attributes:
+                group = group["0"]
+                attributes = dict(group.attrs)
+                attributes = attributes.get("ome", attributes)
+            multiscale = attributes["multiscales"][0]
+            self._levels = [group[dataset["path"]] for dataset in multiscale["datasets"]]
+        except Exception as error:  # zarr and malformed metadata raise many types
+            raise SlideOpenError(path, f"not a readable OME-Zarr image: {error!r}") from None
+        axes = [axis if isinstance(axis, str) else axis["name"] for axis in multiscale["axes"]]
+        level0 = self._levels[0]
+        if not {"x", "y", "c"} <= set(axes) or level0.shape[axes.index("c")] not in (3, 4):
+            raise SlideOpenError(
+                path, f"not an RGB brightfield image (axes {axes}, shape {level0.shape})"
+            )
+        if level0.dtype != np.uint8:
+            raise SlideOpenError(path, f"not 8-bit RGB ({level0.dtype}): not a brightfield scan")
+        self._axes = axes
+        x, y = axes.index("x"), axes.index("y")
+        self.level_dimensions = [(level.shape[x], level.shape[y]) for level in self._levels]
+        width0 = self.level_dimensions[0][0]
+        self.level_downsamples = [width0 / dims[0] for dims in self.level_dimensions]
+        self.metadata_mpp = self._read_mpp(multiscale, x)
+
+    @staticmethod
+    def _read_mpp(multiscale: dict, x: int) -> float | None:
+        axis = multiscale["axes"][x]
+        unit = NGFF_UNITS_UM.get(axis.get("unit")) if isinstance(axis, dict) else None
+        if unit is None:
+            return None
+        scale = 1.0
+        transforms = [
+            *multiscale["datasets"][0].get("coordinateTransformations", []),
+            *multiscale.get("coordinateTransformations", []),
+        ]
+        found = False
+        for transform in transforms:
+            if transform.get("type") == "scale" and "scale" in transform:
+                scale *= float(transform["scale"][x])
+                found = True
+        return scale * unit if found else None
+
+    def read_region(
+        self, location: tuple[int, int], level: int, size: tuple[int, int]
+    ) -> np.ndarray:
+        array = self._levels[level]
+
+        def copy_inside(view: np.ndarray, left: int, top: int, right: int, bottom: int) -> None:
+            spans = {"x": slice(left, right), "y": slice(top, bottom), "c": slice(0, 3)}
+            window = tuple(spans.get(axis, 0) for axis in self._axes)
+            kept = [axis for axis in self._axes if axis in spans]
+            try:
+                block = np.asarray(array[window])
+            except Exception as error:  # codecs raise many types on damaged chunks
+                raise SlideReadError(
+                    self.path, f"cannot decode region {location}: {error}"
+                ) from None
+            view[...] = block.transpose([kept.index(axis) for axis in ("y", "x", "c")])
+
+        x0, y0 = level_origin(location, self.level_downsamples[level])
+        return read_window(x0, y0, size, self.level_dimensions[level], copy_inside)
+
+    def close(self) -> None:
+        return None
+
+
+class TiatoolboxBackend:
+    """The last resort for a TIFF OpenSlide and tifffile's reader both refuse (e.g. RGB
+    stored as three separate planes in strips): tiatoolbox's ``WSIReader``, which may hold
+    the whole image in memory (its ``VirtualWSIReader``), so it only ever reads what nothing
+    better can. The mpp is tiatoolbox's, else the file's resolution tags."""
+
+    name = "tiatoolbox"
+    tiles = None
+
+    def __init__(self, path: Path):
+        import tifffile
+        from tiatoolbox.wsicore.wsireader import WSIReader
+
+        self.path = path
+        try:
+            self._reader = WSIReader.open(path)
+            info = self._reader.info
+        except Exception as error:  # tiatoolbox raises many types for unreadable files
+            raise SlideOpenError(path, f"tiatoolbox cannot read it: {error}") from None
+        self.level_dimensions = [tuple(map(int, dims)) for dims in info.level_dimensions]
+        self.level_downsamples = [float(value) for value in info.level_downsamples]
+        if info.mpp is not None:
+            self.metadata_mpp = float(info.mpp[0])
+        else:
+            with tifffile.TiffFile(path) as tiff:
+                self.metadata_mpp = tiff_mpp(tiff)
+
+    def read_region(
+        self, location: tuple[int, int], level: int, size: tuple[int, int]
+    ) -> np.ndarray:
+        try:
+            region = self._reader.read_rect(
+                location, size, resolution=level, units="level", pad_constant_values=BACKGROUND
+            )
+        except Exception as error:  # tiatoolbox's readers raise many types
+            raise SlideReadError(self.path, f"cannot decode region {location}: {error}") from None
+        return np.ascontiguousarray(region[..., :3], dtype=np.uint8)
+
+    def close(self) -> None:
+        return None
 
 
 class ArraySlide:
@@ -233,12 +375,21 @@ def _dicom_file_in(folder: Path) -> Path:
     return candidates[-1]
 
 
+def is_zarr_store(path: Path) -> bool:
+    """A ``.zarr`` / ``.ome.zarr`` folder, or a folder holding Zarr metadata."""
+    return path.is_dir() and (
+        path.suffix.lower() == ".zarr" or any((path / marker).is_file() for marker in ZARR_MARKERS)
+    )
+
+
 def open_backend(path: Path) -> SlideBackend:
     """Pick the reader for ``path``; a clear error naming the file if none can read it."""
     import openslide
 
     if not path.exists():
         raise SlideOpenError(path, "the file does not exist")
+    if is_zarr_store(path):
+        return OmeZarrBackend(path)
     if path.is_dir():
         path = _dicom_file_in(path)
     if path.stat().st_size == 0:
@@ -256,11 +407,26 @@ def open_backend(path: Path) -> SlideBackend:
             return OpenSlideBackend(path)
         except SlideOpenError as error:
             openslide_cause = error.cause
-    if path.suffix.lower() in {".tif", ".tiff"} or slide_format in {"generic-tiff", None}:
+    if path.suffix.lower() in TIFF_SUFFIXES or slide_format in {"generic-tiff", None}:
         try:
             return TiffFileBackend(path)
         except SlideOpenError as error:
+            tifffile_cause = error.cause
+        if path.suffix.lower() not in TIFF_SUFFIXES:
             raise SlideOpenError(
-                path, f"no reader can open it ({openslide_cause}; {error.cause})"
+                path, f"no reader can open it ({openslide_cause}; {tifffile_cause})"
+            )
+        try:
+            backend = TiatoolboxBackend(path)
+        except SlideOpenError as error:
+            raise SlideOpenError(
+                path, f"no reader can open it ({openslide_cause}; {tifffile_cause}; {error.cause})"
             ) from None
+        logger.warning(
+            "%s: OpenSlide (%s) and tifffile (%s) refuse it; read through tiatoolbox",
+            path,
+            openslide_cause,
+            tifffile_cause,
+        )
+        return backend
     raise SlideOpenError(path, f"no reader can open it ({openslide_cause})")

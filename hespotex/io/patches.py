@@ -9,14 +9,15 @@ whose patches fit one region of at most ``max_region_px`` level pixels a side, r
 the patches are cropped from it. The tiles stage numbers spots block by block, so neighbours
 are read together either way. Batches are read by a pool of threads (the JPEG codecs and
 OpenSlide release the GIL) at most ``max(1, workers) + 1`` batches ahead, into fresh arrays,
-so memory stays bounded whatever the slide's size; ``hespotex.io.readers`` reads them in
-processes instead.
+so memory stays bounded whatever the slide's size. A per-pixel ``transform`` of each batch
+(stain normalisation) runs in the same threads, beside the encoder rather than before it.
+``hespotex.io.readers`` reads (and transforms) in processes instead.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -103,15 +104,22 @@ def iter_patch_batches(
     batch_size: int,
     workers: int,
     max_region_px: int = 2048,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Iterator[np.ndarray]:
-    """(B, H, W, 3) uint8 batches in spot order, read by ``workers`` threads."""
+    """(B, H, W, 3) uint8 batches in spot order, read by ``workers`` threads, each mapped by
+    ``transform`` when given."""
+
+    def read(batch_origins: np.ndarray) -> np.ndarray:
+        patches = read_batch(slide, batch_origins, plan, max_region_px)
+        return patches if transform is None else transform(patches)
+
     origins = patch_origins(slide, centres_px, plan)
     ahead = max(1, workers)
     with ThreadPoolExecutor(max_workers=ahead) as pool:
         pending: deque = deque()
         for start in range(0, len(origins), batch_size):
             batch_origins = origins[start : start + batch_size]
-            pending.append(pool.submit(read_batch, slide, batch_origins, plan, max_region_px))
+            pending.append(pool.submit(read, batch_origins))
             if len(pending) > ahead:
                 yield pending.popleft().result()
         while pending:

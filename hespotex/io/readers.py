@@ -16,7 +16,7 @@ import logging
 import multiprocessing
 import queue
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
@@ -56,7 +56,7 @@ def _reader_loop(slot_names, slot_shape, tasks, results) -> None:
     source, slide = None, None
     try:
         while (task := tasks.get()) is not None:
-            slot, index, task_source, origins, plan, max_region_px = task
+            slot, index, task_source, origins, plan, max_region_px, transform = task
             try:
                 if task_source != source:
                     if slide is not None:
@@ -64,7 +64,10 @@ def _reader_loop(slot_names, slot_shape, tasks, results) -> None:
                         slide = None
                     source = task_source
                     slide = open_slide(source.path, source.name, source.mpp)
-                read_batch_into(slots[slot][: len(origins)], slide, origins, plan, max_region_px)
+                patches = slots[slot][: len(origins)]
+                read_batch_into(patches, slide, origins, plan, max_region_px)
+                if transform is not None:
+                    patches[...] = transform(patches)
                 results.put((slot, index, None))
             except Exception as error:  # sent back and raised in the main process
                 cause = getattr(error, "cause", None) or f"{type(error).__name__}: {error}"
@@ -123,9 +126,11 @@ class ReaderProcesses:
         plan: ReadPlan,
         batch_size: int,
         max_region_px: int,
+        transform: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> Iterator[np.ndarray]:
-        """(B, H, W, 3) uint8 batches in spot order, each a view into a slot that is valid
-        until the next one is asked for."""
+        """(B, H, W, 3) uint8 batches in spot order, each mapped by ``transform`` (pickled
+        to the readers) when given, each a view into a slot that is valid until the next
+        one is asked for."""
         source = SlideSource.of(slide, name)
         origins = patch_origins(slide, centres_px, plan)
         if batch_size > self.slot_shape[0] or plan.output_px != self.slot_shape[1]:
@@ -138,7 +143,15 @@ class ReaderProcesses:
             for index, start in enumerate(starts):
                 while free and submitted < len(starts):
                     chunk = origins[starts[submitted] : starts[submitted] + batch_size]
-                    task = (free.popleft(), submitted, source, chunk, plan, max_region_px)
+                    task = (
+                        free.popleft(),
+                        submitted,
+                        source,
+                        chunk,
+                        plan,
+                        max_region_px,
+                        transform,
+                    )
                     self._tasks.put(task)
                     submitted += 1
                 while index not in ready:

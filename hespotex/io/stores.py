@@ -29,6 +29,8 @@ class StoreKeys:
     EDGE_INDEX = "edge_index"
     ENCODER = "encoder"
     NUCLEUS_COUNTER = "nucleus_counter"
+    STAIN = "stain_normalisation"
+    STAIN_SOURCE = "stain_source"
 
 
 COMPRESSOR = BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")

@@ -3,7 +3,9 @@
 safetensors holds tensors and a string header only, so loading a checkpoint can never run
 code. The header carries the gene list, shapes, the identity of the encoder that made the training
 features and their patch geometry, the graph k and the expression normalisation; decoding
-features of any other encoder is refused.
+features of any other encoder is refused. A checkpoint trained on stain-normalised patches also
+carries the normalisation (method and the target's stain statistics, ``StainSetting``): the
+target of ``stain.target: checkpoint``, and what its features must have been made with.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from hespotex import __version__
 from hespotex.errors import CheckpointError
 from hespotex.io.atomic import atomic_path
 from hespotex.model.identity import EncoderIdentity, check_same_encoder
+from hespotex.model.stain import StainSetting, check_same_stain
 
 if TYPE_CHECKING:
     from hespotex.model.streams import ImageStream, ImageStreamShape
@@ -44,6 +47,8 @@ class CheckpointMeta(BaseModel):
     normalisation: str = "cpm_log1p"
     target_sum: float = 1e6
     nucleus_counter: str = "none"
+    # Absent from checkpoints trained before stain normalisation: they were trained without.
+    stain: StainSetting = StainSetting()
     trained_on: list[str]
     hespotex_version: str = __version__
     training: dict[str, Any] = {}
@@ -131,4 +136,20 @@ def check_checkpoint_encoder(
         other,
         other_uses,
         "use the encoder the checkpoint was trained with",
+    )
+
+
+def check_checkpoint_stain(
+    checkpoint: Path, meta: CheckpointMeta, other: str, other_uses: StainSetting
+) -> None:
+    """Features decoded by a checkpoint must be normalised as its training features were."""
+    setting = f"stain.normalisation: {meta.stain.method.value}"
+    if meta.stain.target is not None:
+        setting += " and stain.target: checkpoint"
+    check_same_stain(
+        checkpoint,
+        meta.stain,
+        other,
+        other_uses,
+        f"make the features again with {setting} (snakemake --forcerun features)",
     )

@@ -2,8 +2,8 @@
 
 What the paper uses to interpret a gene's map: one PNG per configured gene, the top row the
 ``count`` spots of highest predicted expression, the bottom row the ``count`` lowest, each
-patch as the encoder saw it (``features.patch_um`` at ``features.patch_mpp``) with its value.
-A spot shown for several genes is read once.
+patch as the encoder saw it (``features.patch_um`` at ``features.patch_mpp``, stain normalised
+as its features were) with its value. A spot shown for several genes is read once.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import numpy as np
 from hespotex.config import FeaturesConfig
 from hespotex.io.atomic import atomic_path
 from hespotex.io.slide import Slide
+from hespotex.model.stain import StainTransform
 from hespotex.outputs.figures import plt, save_figure
 
 PATCH_INCHES = 1.6
@@ -36,16 +37,19 @@ def write_top_patch_montages(
     predictions: dict[str, np.ndarray],
     count: int,
     features: FeaturesConfig,
+    stain: StainTransform | None = None,
 ) -> None:
-    """``folder/{gene}.png`` for each gene of ``predictions`` (none when ``count`` is 0); the
-    folder appears whole or not at all."""
+    """``folder/{gene}.png`` for each gene of ``predictions`` (none when ``count`` is 0),
+    patches mapped by ``stain`` as the features stage mapped them; the folder appears whole
+    or not at all."""
     plan = slide.plan(features.patch_um, features.patch_mpp)
     patches: dict[int, np.ndarray] = {}
 
     def patch(index: int) -> np.ndarray:
         if index not in patches:
             x, y = centres_px[index]
-            patches[index] = slide.read_field((float(x), float(y)), plan)
+            field = slide.read_field((float(x), float(y)), plan)
+            patches[index] = field if stain is None else stain(field[None])[0]
         return patches[index]
 
     with atomic_path(folder) as tmp:

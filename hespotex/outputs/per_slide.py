@@ -9,6 +9,7 @@ the decoded AnnData and works alone; this module reads the slide's files and cal
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -16,6 +17,8 @@ import numpy as np
 from hespotex.config import PipelineConfig
 from hespotex.errors import ConfigError
 from hespotex.io.slide import Slide
+from hespotex.io.stores import StoreKeys
+from hespotex.model.stain import StainProfile, StainSetting, StainTransform
 from hespotex.outputs.heatmaps import write_heatmaps
 from hespotex.outputs.montages import write_top_patch_montages
 from hespotex.outputs.qupath import write_qupath_geojson
@@ -34,6 +37,19 @@ def gene_predictions(adata: ad.AnnData, genes: list[str], source) -> dict[str, n
     return {gene: np.asarray(adata[:, gene].X).ravel() for gene in genes}
 
 
+def feature_stain_transform(path: Path) -> StainTransform | None:
+    """The stain mapping the features stage applied to this slide's patches (the setting and
+    the stain it measured on the slide, both in the store's attributes), or None."""
+    import zarr
+
+    attributes = zarr.open_group(str(path), mode="r").attrs
+    setting = StainSetting.from_record(attributes.get(StoreKeys.STAIN), path)
+    source = attributes.get(StoreKeys.STAIN_SOURCE)
+    if setting.target is None or source is None:
+        return None
+    return StainTransform(StainProfile.model_validate(source), setting.target)
+
+
 def write_slide_outputs(slide: Slide, slide_id: str, config: PipelineConfig) -> None:
     paths = SlidePaths(config.results, slide_id)
     adata = ad.read_h5ad(paths.expression)
@@ -43,7 +59,13 @@ def write_slide_outputs(slide: Slide, slide_id: str, config: PipelineConfig) -> 
     centres = np.asarray(adata.obsm["spatial"])
     write_heatmaps(paths.heatmaps, adata, slide_id, genes, config.grid.layout)
     write_top_patch_montages(
-        paths.top_patches, slide, centres, predictions, config.outputs.top_patches, config.features
+        paths.top_patches,
+        slide,
+        centres,
+        predictions,
+        config.outputs.top_patches,
+        config.features,
+        feature_stain_transform(paths.features),
     )
     write_qupath_geojson(
         paths.qupath,

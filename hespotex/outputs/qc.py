@@ -3,8 +3,9 @@
 Every stage command records its wall time and peak memory in ``qc/timings/{stage}.json``
 once it has succeeded (``timed_stage``); the outputs stage, the last, ends by writing
 ``qc.json``, which gathers them with the slide's spot count, tissue area, resolution (and
-where it came from) and the encoder and checkpoint identities, so a result can be traced and
-a slow or odd slide spotted from one file.
+where it came from), its stain check, the stain normalisation its patches went through and
+the encoder and checkpoint identities, so a result can be traced and a slow or odd slide
+spotted from one file.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from hespotex.io.checksum import cached_sha256
 from hespotex.io.stores import StoreKeys
 from hespotex.model.checkpoint import read_checkpoint_meta
 from hespotex.model.identity import EncoderIdentity
+from hespotex.model.stain import StainSetting
 from hespotex.paths import STAGES, SlidePaths
 from hespotex.stages.tissue import TissueRecord
 
@@ -66,17 +68,22 @@ def read_stage_timings(paths: SlidePaths) -> dict[str, dict]:
     return timings
 
 
-def _feature_store_encoder(path: Path) -> EncoderIdentity:
+def _feature_store_records(path: Path) -> tuple[EncoderIdentity, StainSetting, dict | None]:
+    """The store's encoder, stain normalisation and the stain measured on the slide."""
     import zarr
 
     attributes = zarr.open_group(str(path), mode="r").attrs
-    return EncoderIdentity.from_record(attributes.get(StoreKeys.ENCODER), path)
+    return (
+        EncoderIdentity.from_record(attributes.get(StoreKeys.ENCODER), path),
+        StainSetting.from_record(attributes.get(StoreKeys.STAIN), path),
+        attributes.get(StoreKeys.STAIN_SOURCE),
+    )
 
 
 def write_slide_qc(config: PipelineConfig, slide_id: str) -> dict:
     paths = SlidePaths(config.results, slide_id)
     record = TissueRecord.read(paths.tissue_record)
-    encoder = _feature_store_encoder(paths.features)
+    encoder, stain, stain_source = _feature_store_records(paths.features)
     checkpoint = config.decode.checkpoint
     meta = read_checkpoint_meta(checkpoint)
     timings = read_stage_timings(paths)
@@ -90,12 +97,18 @@ def write_slide_qc(config: PipelineConfig, slide_id: str) -> dict:
         "mpp": record.mpp,
         "mpp_source": record.mpp_source,
         "tissue_area_mm2": record.tissue_area_mm2,
+        "stain_check": record.stain_check,
         "spots": spot_count,
         "grid": {"layout": config.grid.layout, "spacing_um": config.grid.spacing_um},
         "encoder": {
             **encoder.model_dump(mode="json"),
             "description": encoder.describe(),
             "random_weights": encoder.is_random,
+        },
+        "stain_normalisation": {
+            **stain.model_dump(mode="json"),
+            "description": stain.describe(),
+            "measured_on_slide": stain_source,
         },
         "checkpoint": {
             "path": str(checkpoint),

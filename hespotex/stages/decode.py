@@ -27,9 +27,15 @@ from hespotex.config import NucleusCounter, PipelineConfig
 from hespotex.errors import ConfigError, InputDataError
 from hespotex.io.atomic import atomic_path
 from hespotex.io.stores import FeatureStore, StoreKeys, read_feature_store, read_graph_store
-from hespotex.model.checkpoint import CheckpointMeta, check_checkpoint_encoder, load_checkpoint
+from hespotex.model.checkpoint import (
+    CheckpointMeta,
+    check_checkpoint_encoder,
+    check_checkpoint_stain,
+    load_checkpoint,
+)
 from hespotex.model.identity import EncoderIdentity
 from hespotex.model.runners import pick_device
+from hespotex.model.stain import StainSetting
 from hespotex.model.streams import ImageStream
 from hespotex.paths import SlidePaths
 from hespotex.stages.tiles import read_spots
@@ -113,6 +119,10 @@ def run_decode(
     check_checkpoint_encoder(
         config.decode.checkpoint, meta, f"the feature store {paths.features}", store_encoder
     )
+    stain = StainSetting.from_record(store.attributes.get(StoreKeys.STAIN), paths.features)
+    check_checkpoint_stain(
+        config.decode.checkpoint, meta, f"the feature store {paths.features}", stain
+    )
     if store.features.shape[0] != len(spots):
         raise InputDataError(
             paths.features, f"{store.features.shape[0]} feature rows for {len(spots)} spots"
@@ -141,6 +151,7 @@ def run_decode(
         "checkpoint": str(config.decode.checkpoint),
         "encoder": store_encoder.model_dump(mode="json"),
         "encoder_description": store_encoder.describe(),
+        "stain_normalisation": stain.describe(),
         "values": f"predicted {meta.normalisation} expression (target sum {meta.target_sum:g})",
         "mpp": record.mpp,
         "mpp_source": record.mpp_source,

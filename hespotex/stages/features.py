@@ -2,8 +2,9 @@
 
 Patches are read and encoded batch by batch (``hespotex.model.encoding``); features are
 written chunk by chunk as batches finish, so memory stays bounded. The store records the
-encoder's identity, and, when the configured checkpoint scales its predictions by nucleus
-counts, each patch's nucleus count.
+encoder's identity, the stain normalisation its patches went through (with the stain measured
+on this slide), and, when the configured checkpoint scales its predictions by nucleus counts,
+each patch's nucleus count.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from hespotex.config import NucleusCounter, PipelineConfig
 from hespotex.io.atomic import atomic_path
 from hespotex.io.slide import Slide
 from hespotex.io.stores import FeatureStoreWriter, StoreKeys
-from hespotex.model.checkpoint import read_checkpoint_meta
-from hespotex.model.encoding import EncodingTimes, encode_patches
+from hespotex.model.checkpoint import CheckpointMeta, read_checkpoint_meta
+from hespotex.model.encoding import EncodingTimes, encode_patches, fit_slide_stain
 from hespotex.model.runners import OnnxRunner, TorchRunner, build_runner
+from hespotex.model.stain import configured_setting
 from hespotex.paths import SlidePaths
 from hespotex.stages.tiles import read_spots
 
@@ -28,13 +30,6 @@ if TYPE_CHECKING:
     from hespotex.io.readers import ReaderProcesses
 
 logger = logging.getLogger(__name__)
-
-
-def checkpoint_nucleus_counter(config: PipelineConfig) -> NucleusCounter:
-    """The counter the configured checkpoint's predictions are scaled by (none without one)."""
-    if config.decode.checkpoint is None:
-        return NucleusCounter.NONE
-    return NucleusCounter(read_checkpoint_meta(config.decode.checkpoint).nucleus_counter)
 
 
 def run_features(
@@ -53,7 +48,12 @@ def run_features(
     spots = read_spots(paths.spots)
     centres = spots[["x_px", "y_px"]].to_numpy(dtype=np.float64)
     runner = runner or build_runner(config)
-    nucleus_counter = checkpoint_nucleus_counter(config)
+    checkpoint = config.decode.checkpoint
+    meta: CheckpointMeta | None = None if checkpoint is None else read_checkpoint_meta(checkpoint)
+    # The counter the checkpoint's predictions are scaled by, and its stain target.
+    nucleus_counter = NucleusCounter(meta.nucleus_counter if meta else NucleusCounter.NONE)
+    stain = configured_setting(config.stain, meta.stain if meta else None, checkpoint)
+    transform = fit_slide_stain(slide, centres, config.features, stain, config.stain.fit_patches)
     identity = runner.identity
     logger.info("encoder: %s, run by %s", identity.describe(), runner.describe())
     attributes = {
@@ -67,6 +67,10 @@ def run_features(
         "coords_units": "level-0 pixels (x, y)",
         StoreKeys.ENCODER: identity.model_dump(mode="json"),
         StoreKeys.NUCLEUS_COUNTER: nucleus_counter.value,
+        StoreKeys.STAIN: stain.model_dump(mode="json"),
+        StoreKeys.STAIN_SOURCE: None
+        if transform is None
+        else transform.source.model_dump(mode="json"),
         "hespotex_version": __version__,
     }
     times = EncodingTimes()
@@ -78,7 +82,15 @@ def run_features(
     ):
         nucleus_counts = []
         batches = encode_patches(
-            slide, centres, runner, config.features, slide_id, nucleus_counter, readers, times
+            slide,
+            centres,
+            runner,
+            config.features,
+            slide_id,
+            nucleus_counter,
+            transform,
+            readers,
+            times,
         )
         for batch in batches:
             writer.append(batch.features)

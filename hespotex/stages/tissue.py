@@ -2,7 +2,9 @@
 
 H&E tissue is coloured and glass is grey-white, so the mask is Otsu's threshold on HSV
 saturation (floored, so that an empty slide finds nothing rather than thresholding noise),
-then a closing, small-hole filling and small-object removal from scikit-image.
+then a closing, small-hole filling and small-object removal from scikit-image. A slide whose
+tissue does not look like H&E (``hespotex.stages.stain_check``) is refused, or warned about,
+as ``tissue.stain_check`` says; the measured numbers go into ``tissue.json``.
 """
 
 from __future__ import annotations
@@ -18,18 +20,24 @@ from skimage.morphology import closing, disk, remove_small_holes, remove_small_o
 from skimage.segmentation import find_boundaries
 
 from hespotex import __version__
-from hespotex.config import PipelineConfig, TissueConfig
-from hespotex.errors import NotBrightfieldError
+from hespotex.config import PipelineConfig, StainCheck, TissueConfig
+from hespotex.errors import NotBrightfieldError, WrongStainError
 from hespotex.io.atomic import write_json, write_png
 from hespotex.io.slide import Slide, check_patch_geometry
 from hespotex.paths import SlidePaths
+from hespotex.stages.stain_check import (
+    BRIGHTFIELD_MIN_MEDIAN_VALUE,
+    StainMeasurement,
+    StainVerdict,
+    measure_stain,
+    median_brightness,
+)
 
 logger = logging.getLogger(__name__)
 
 OUTLINE_RGB = (0, 200, 0)
-# Brightfield glass is bright; a slide whose typical pixel is this dark is fluorescence (or
-# a failed scan), and thresholding its saturation would call the black background tissue.
-BRIGHTFIELD_MIN_MEDIAN_VALUE = 0.35
+# Verdicts a slide passes the stain check with.
+ACCEPTED_VERDICTS = {StainVerdict.HE, StainVerdict.TOO_LITTLE_TISSUE}
 
 
 def tissue_mask(rgb: np.ndarray, mask_mpp: float, config: TissueConfig) -> np.ndarray:
@@ -69,6 +77,8 @@ class TissueRecord:
     mask_mpp: float
     tissue_area_mm2: float
     hespotex_version: str
+    # The stain check's verdict and numbers (absent from records of older versions).
+    stain_check: dict | None = None
 
     @classmethod
     def read(cls, path: Path) -> TissueRecord:
@@ -77,20 +87,40 @@ class TissueRecord:
         return cls(**json.loads(Path(path).read_text()))
 
 
+def check_stain(stain: StainMeasurement, action: StainCheck, path: Path) -> None:
+    """Refuse (``error``) or warn about (``warn``) a slide whose tissue is not H&E."""
+    if action == StainCheck.OFF or stain.verdict in ACCEPTED_VERDICTS:
+        return
+    cause = (
+        f"the tissue looks like {stain.verdict.value}, not H&E: {stain.describe()}; HESpotEx "
+        "predicts expression from H&E only"
+    )
+    if action == StainCheck.ERROR:
+        raise WrongStainError(
+            path, f"{cause} (set tissue.stain_check: warn to run such slides anyway)"
+        )
+    logger.warning("%s: %s (tissue.stain_check: warn, so it goes on)", path, cause)
+
+
 def run_tissue(slide: Slide, slide_id: str, config: PipelineConfig) -> TissueRecord:
     paths = SlidePaths(config.results, slide_id)
     features = config.features
     check_patch_geometry(slide, features.patch_um, features.patch_mpp, features.max_upsampling)
     overview, downsample = slide.read_overview(config.tissue.mask_mpp)
-    median_value = float(np.median(overview.max(axis=2))) / 255
-    if median_value < BRIGHTFIELD_MIN_MEDIAN_VALUE:
+    brightness = median_brightness(overview)
+    if brightness < BRIGHTFIELD_MIN_MEDIAN_VALUE:
+        # Whatever tissue.stain_check says: without bright glass there is no tissue mask.
         raise NotBrightfieldError(
             slide.path,
-            f"the slide is mostly dark (median brightness {median_value:.2f}): it looks like "
-            "fluorescence, not brightfield H&E, which HESpotEx needs",
+            f"the slide is mostly dark (median brightness {brightness:.2f}, brightfield from "
+            f"{BRIGHTFIELD_MIN_MEDIAN_VALUE}): it looks like fluorescence, not brightfield "
+            "H&E, which HESpotEx needs",
         )
     mask_mpp = slide.mpp * downsample
     mask = tissue_mask(overview, mask_mpp, config.tissue)
+    stain = measure_stain(overview, mask)
+    logger.info("stain check: %s; %s", stain.verdict.value, stain.describe())
+    check_stain(stain, config.tissue.stain_check, slide.path)
     area_mm2 = float(mask.sum()) * mask_mpp * mask_mpp / 1e6
     logger.info(
         "tissue mask %s px at %.2f µm/px: %.2f mm² of tissue (%.1f%% of the slide)",
@@ -111,6 +141,7 @@ def run_tissue(slide: Slide, slide_id: str, config: PipelineConfig) -> TissueRec
         mask_mpp=mask_mpp,
         tissue_area_mm2=area_mm2,
         hespotex_version=__version__,
+        stain_check={**stain.as_record(), "action": config.tissue.stain_check.value},
     )
     write_png(paths.thumbnail, overview)
     write_png(paths.tissue_mask, (mask * 255).astype(np.uint8))

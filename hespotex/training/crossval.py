@@ -4,7 +4,10 @@ Each fold holds one section out for testing and trains on the rest, of which one
 section in the sheet after the test one, cyclically) is the validation section that chooses
 HESpotEx's epoch and the probe's ridge strength; genes are chosen on the training sections.
 Both are scored on the held-out section with the same genes, from the same frozen features,
-which are encoded once per section for all folds and seeds. Written: ``folds.tsv`` (one row
+which are encoded once per section for all folds and seeds; with stain normalisation to the
+training sections' stain (``stain.target: checkpoint``) the target differs per fold, so the
+sections are encoded once per fold, each normalised to that fold's training sections' stain
+as its checkpoint would be. Written: ``folds.tsv`` (one row
 per fold and seed), ``genes.tsv`` (per-gene scores), ``summary.json`` and ``summary.md``
 (per fold and overall, mean ± sd over seeds).
 """
@@ -23,7 +26,12 @@ from hespotex.errors import InputDataError
 from hespotex.io.atomic import atomic_path, write_json, write_tsv
 from hespotex.model.encoders import load_encoder
 from hespotex.model.runners import TorchRunner, pick_device
-from hespotex.training.data import EncodedSection, encode_sections, load_sections
+from hespotex.training.data import (
+    EncodedSection,
+    encode_sections,
+    load_sections,
+    training_stain,
+)
 from hespotex.training.evaluation import TOP_GENES, evaluate_encoded, score_genes, summarise
 from hespotex.training.fit import fit
 from hespotex.training.genes import select_genes, seurat_v3_ranks, shared_genes
@@ -119,12 +127,20 @@ def run_crossval(
     sections_list = load_sections(sources, config.training.min_spot_counts)
     runner = TorchRunner(load_encoder(config.encoder), pick_device(config.features.device))
     logger.info("encoder: %s", runner.identity.describe())
-    encoded = {item.section_id: item for item in encode_sections(sections_list, config, runner)}
+    by_id = {section.section_id: section for section in sections_list}
+    encodings: dict[str, dict[str, EncodedSection]] = {}
     out_dir.mkdir(parents=True, exist_ok=True)
     everywhere = shared_genes(sections_list)
     ranks = {section.section_id: seurat_v3_ranks(section, everywhere) for section in sections_list}
     rows, gene_tables, genes_by_fold = [], [], {}
-    for test, validation, training in fold_plan(list(encoded)):
+    for test, validation, training in fold_plan(list(by_id)):
+        stain = training_stain([by_id[section_id] for section_id in training], config)
+        if stain.fingerprint not in encodings:
+            encodings[stain.fingerprint] = {
+                item.section_id: item
+                for item in encode_sections(sections_list, config, runner, stain)
+            }
+        encoded = encodings[stain.fingerprint]
         genes = select_genes(
             [encoded[section_id].section for section_id in training],
             config.training,
@@ -142,6 +158,7 @@ def run_crossval(
                 seeded,
                 runner.identity,
                 genes=genes,
+                stain=stain,
             )
             hespotex_table, _ = evaluate_encoded(model, meta, [encoded[test]], None, top_genes)
             ridge_table = ridge_scores(encoded, meta.genes, test, validation, training, top_genes)
@@ -175,6 +192,7 @@ def run_crossval(
     write_tsv(out_dir / "genes.tsv", pd.concat(gene_tables, ignore_index=True))
     result = {
         "encoder": runner.identity.describe(),
+        "stain_normalisation": config.stain.normalisation.value,
         "seeds": list(seeds),
         "top_genes": top_genes,
         "overall": overall,

@@ -2,7 +2,10 @@
 
 Sections are loaded by their layout (``hespotex.training.sections``) and cleared of spots with
 too few counts; every spot's patch is read and encoded once, as the pipeline's features stage
-does (``hespotex.model.encoding``), with its nucleus count when configured. On the device each
+does (``hespotex.model.encoding``), with its nucleus count when configured, and stain
+normalised when configured: each section's stain measured on its own patches and mapped to the
+target (``training_stain``: a reference image, or the pooled stain of the training sections,
+which the checkpoint then stores as its target). On the device each
 section holds its log-normalised expression, features and spatial blocks over the decoder's
 and the autoencoder's kNN graphs (``hespotex.model.blocks``).
 """
@@ -16,13 +19,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from hespotex.config import NucleusCounter, PipelineConfig
+from hespotex.config import NucleusCounter, PipelineConfig, StainNormalisation
 from hespotex.errors import InputDataError
 from hespotex.io.slide import open_slide
 from hespotex.model.blocks import SpotBlock, spot_blocks
-from hespotex.model.encoding import encode_patches
+from hespotex.model.encoding import encode_patches, fit_slide_stain, sample_patches
 from hespotex.model.runners import TorchRunner
 from hespotex.model.spot_graph import knn_edges
+from hespotex.model.stain import StainSetting, fit_profile, reference_setting
 from hespotex.model.streams import ExpressionAutoencoder, ImageStream
 from hespotex.training.sections import Section, SectionSource, load_section
 
@@ -86,15 +90,48 @@ def load_sections(sources: Sequence[SectionSource], min_spot_counts: int) -> lis
     return sections
 
 
+def training_stain(sections: Sequence[Section], config: PipelineConfig) -> StainSetting:
+    """What training normalises to: nothing, the reference image of ``stain.target``, or
+    (``stain.target: checkpoint``) the stain of ``sections`` (the training sections, never
+    the validation or test ones) measured on their pooled patches, as each slide's own stain
+    is measured."""
+    method = config.stain.normalisation
+    if method == StainNormalisation.NONE:
+        return StainSetting()
+    if config.stain.target_image is not None:
+        return reference_setting(method, config.stain.target_image)
+    patches = []
+    for section in sections:
+        with open_slide(section.image, section.section_id, section.mpp) as slide:
+            patches.append(
+                sample_patches(slide, section.centres_px, config.features, config.stain.fit_patches)
+            )
+    names = ", ".join(section.section_id for section in sections)
+    setting = StainSetting(
+        method=method,
+        target=fit_profile(method, patches, f"training sections {names}"),
+        target_source=f"training sections {names}",
+    )
+    logger.info("stain target: %s", setting.describe())
+    return setting
+
+
 def encode_sections(
-    sections: Sequence[Section], config: PipelineConfig, runner: TorchRunner
+    sections: Sequence[Section],
+    config: PipelineConfig,
+    runner: TorchRunner,
+    stain: StainSetting | None = None,
 ) -> list[EncodedSection]:
-    """Read every spot's patch once, as the pipeline's features stage does; encode it, and
-    count its nuclei when configured."""
+    """Read every spot's patch once, as the pipeline's features stage does; normalise its
+    stain to ``stain``'s target, encode it, and count its nuclei when configured."""
     counter = config.training.nucleus_counter
+    stain = stain or StainSetting()
     encoded = []
     for section in sections:
         with open_slide(section.image, section.section_id, section.mpp) as slide:
+            transform = fit_slide_stain(
+                slide, section.centres_px, config.features, stain, config.stain.fit_patches
+            )
             batches = list(
                 encode_patches(
                     slide,
@@ -103,6 +140,7 @@ def encode_sections(
                     config.features,
                     f"encoding {section.section_id}",
                     counter,
+                    transform,
                 )
             )
         encoded.append(

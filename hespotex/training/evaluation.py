@@ -24,6 +24,7 @@ from hespotex.model.checkpoint import CheckpointMeta, check_checkpoint_encoder, 
 from hespotex.model.encoders import load_encoder
 from hespotex.model.runners import TorchRunner, pick_device
 from hespotex.model.spot_graph import knn_edges
+from hespotex.model.stain import configured_setting
 from hespotex.model.streams import ImageStream
 from hespotex.training.data import EncodedSection, encode_sections, load_sections
 from hespotex.training.metrics import mse_per_gene, pearson_per_gene, ssim_per_gene
@@ -166,7 +167,8 @@ def run_evaluate(
             )
         }
     )
-    encoded = encode_sections(sections, evaluation_config, runner)
+    stain = configured_setting(config.stain, meta.stain, checkpoint)
+    encoded = encode_sections(sections, evaluation_config, runner, stain)
     out_dir.mkdir(parents=True, exist_ok=True)
     table, summary = evaluate_encoded(model, meta, encoded, out_dir, top_genes)
     write_tsv(out_dir / "genes.tsv", table)

@@ -6,7 +6,8 @@
    (k = 8, self loops), one model trained over the training sections in turn; each section's
    bottleneck, read after its own epochs, is its spots' expression latent.
 3. Image stream: features of each spot's patch from the frozen encoder (the pipeline's own
-   reader and encoder, so training and inference see the same pixels), then the heads and
+   reader, stain normalisation and encoder, so training and inference see the same pixels;
+   the checkpoint records the normalisation and its target), then the heads and
    graph decoder, trained with (1 − Pearson(expression latent, image latent)) + MSE, one
    section per step. With a validation section the epoch is the one with the best mean gene
    Pearson on it (the reported score), never chosen on a test section.
@@ -32,6 +33,7 @@ from hespotex.model.checkpoint import CheckpointMeta
 from hespotex.model.encoders import load_encoder
 from hespotex.model.identity import EncoderIdentity
 from hespotex.model.runners import TorchRunner, pick_device
+from hespotex.model.stain import StainSetting
 from hespotex.model.streams import ImageStream, ImageStreamShape
 from hespotex.training.data import (
     EncodedSection,
@@ -39,6 +41,7 @@ from hespotex.training.data import (
     encode_sections,
     load_sections,
     section_tensors,
+    training_stain,
 )
 from hespotex.training.genes import select_genes
 from hespotex.training.loops import image_stream_epoch, train_expression_latents, validation_pearson
@@ -141,9 +144,11 @@ def fit(
     encoder: EncoderIdentity,
     resume_path: Path | None = None,
     genes: list[str] | None = None,
+    stain: StainSetting | None = None,
 ) -> tuple[ImageStream, CheckpointMeta]:
-    """Train on already encoded sections; unless given, genes are chosen on the training
-    sections only, among those the validation section has."""
+    """Train on already encoded sections (stain normalised with ``stain``, recorded in the
+    checkpoint); unless given, genes are chosen on the training sections only, among those
+    the validation section has."""
     seed_everything(config.training.seed)
     validation = next((s for s in sections if s.section_id == validation_id), None)
     if validation_id is not None and validation is None:
@@ -186,6 +191,7 @@ def fit(
         patch_mpp=config.features.patch_mpp,
         trained_on=[encoded.section_id for encoded in training],
         nucleus_counter=config.training.nucleus_counter.value,
+        stain=stain or StainSetting(),
         training={
             **summary,
             "validation_section": validation_id,
@@ -205,5 +211,6 @@ def train(
     sections = load_sections(sources, config.training.min_spot_counts)
     runner = TorchRunner(load_encoder(config.encoder), pick_device(config.features.device))
     logger.info("encoder: %s", runner.identity.describe())
-    encoded = encode_sections(sections, config, runner)
-    return fit(encoded, validation_id, config, runner.identity, resume_path)
+    stain = training_stain([s for s in sections if s.section_id != validation_id], config)
+    encoded = encode_sections(sections, config, runner, stain)
+    return fit(encoded, validation_id, config, runner.identity, resume_path, stain=stain)
