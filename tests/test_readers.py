@@ -72,3 +72,26 @@ def test_dead_readers_are_noticed_instead_of_waited_for(small_pyramids):
             plan = slide.plan(112.0, 0.5)
             with pytest.raises(RuntimeError, match="a reader process died"):
                 list(lonely.batches(slide, "tif", spot_centres(slide)[:8], plan, 8, 2048))
+
+
+def test_reader_processes_map_the_stain_as_the_threads_do(readers, he_tile):
+    """A stain transform travels to the reader processes with each batch (pickled) and maps
+    the patches there, to the same pixels as in the reading threads."""
+    from hespotex.config import StainNormalisation
+    from hespotex.model.stain import StainTransform, fit_profile
+
+    with open_slide(SVS, "svs") as slide:
+        plan = slide.plan(112.0, 0.5)
+        centres = spot_centres(slide)[:40]
+        source = fit_profile(StainNormalisation.MACENKO, [slide.read_field(centres[0], plan)], "s")
+        target = fit_profile(StainNormalisation.MACENKO, [he_tile], "tile")
+        stain = StainTransform(source, target)
+        by_threads = np.concatenate(
+            list(iter_patch_batches(slide, centres, plan, 16, 2, transform=stain))
+        )
+        by_processes = np.concatenate(
+            [b.copy() for b in readers.batches(slide, "svs", centres, plan, 16, 2048, stain)]
+        )
+        plain = np.concatenate(list(iter_patch_batches(slide, centres, plan, 16, 2)))
+    assert not np.array_equal(by_threads, plain), "the stain was mapped"
+    assert np.array_equal(by_processes, by_threads)
