@@ -15,6 +15,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from hespotex.encoder_specs import CUSTOM, ENCODER_PRESETS, EncoderName, EncoderSpec
 from hespotex.errors import ConfigError
 from hespotex.paths import COHORT_FOLDER
 from hespotex.units import MPP_MAX, Microns, Mpp
@@ -61,49 +62,70 @@ class GridConfig(_Section):
         return Microns(self.spacing_um)
 
 
-class EncoderArchitecture(StrEnum):
-    """Image encoders the features stage can build without a network."""
-
-    VIT_B_32 = "vit-b-32"
-    VIT_TINY_32 = "vit-tiny-32"
-    STAIN_STATS = "stain-stats"
-
-    @property
-    def needs_weights(self) -> bool:
-        return self is not EncoderArchitecture.STAIN_STATS
-
-
 class EncoderConfig(_Section):
-    """The frozen image encoder. Weights come from a local file, never from a hub."""
+    """The frozen image encoder: a preset of ``ENCODER_PRESETS`` (hespotex/encoder_specs.py),
+    or ``custom`` with its spec. Weights come from a local file (or the installed package that
+    ships them), never from a hub."""
 
-    architecture: EncoderArchitecture = Field(
-        EncoderArchitecture.VIT_B_32,
-        description="vit-b-32: OpenCLIP ViT-B/32 with QuickGELU, the QuiltNet architecture of "
-        "the paper; vit-tiny-32: a 4-layer, 192-wide ViT/32 for demos and tests on CPU; "
-        "stain-stats: weights-free colour, stain and texture statistics (fast on CPU)",
+    architecture: EncoderName = Field(
+        "efficientnet-lite0-imagenet",
+        description="a preset (README, 'Encoders'): efficientnet-lite0-imagenet (ImageNet "
+        "weights installed with hespotex), uni, uni2-h, virchow2, h-optimus-0, phikon-v2, "
+        "prov-gigapath, quiltnet-b-32 (the paper's), vit-b-32, vit-tiny-32 (demos and tests), "
+        "stain-stats (weights-free); or custom, described under `custom`",
+    )
+    custom: EncoderSpec | None = Field(
+        None, description="with architecture: custom, your own encoder (a timm model, say)"
     )
     weights: str | None = Field(
         None,
-        description="path to local weights (.safetensors, or a torch state dict loaded with "
-        "weights_only=True), or `random` for a randomly initialised encoder with `seed` "
-        "(stated in logs and outputs). Required, except for stain-stats, which has none.",
+        description="a local weights file (.safetensors, or a torch state dict loaded with "
+        "weights_only=True) or the folder holding it, or `random` for a randomly initialised "
+        "encoder with `seed` (stated in logs and outputs). Required, except for stain-stats "
+        "(none) and encoders whose weights an installed package ships (efficientnet-lite0-"
+        "imagenet: leave it out)",
     )
     seed: int = Field(0, ge=0, description="seed for `weights: random`")
 
     @model_validator(mode="after")
-    def _weights_given(self) -> EncoderConfig:
-        if self.architecture.needs_weights and (self.weights is None or not self.weights.strip()):
+    def _spec_and_weights_given(self) -> EncoderConfig:
+        if self.architecture == CUSTOM and self.custom is None:
             raise ValueError(
-                "encoder.weights is not set: give the path of a local weights file, or "
-                "`random` to run with a randomly initialised encoder (demo and tests only)"
+                "encoder.custom: architecture is custom, so describe the encoder here (family, "
+                "model, model_kwargs, input_px, mean, std, pooling, feature_dim, ...)"
             )
-        if not self.architecture.needs_weights and self.weights is not None:
-            raise ValueError(f"encoder.weights: {self.architecture.value} takes no weights")
+        if self.architecture != CUSTOM and self.custom is not None:
+            raise ValueError(
+                f"encoder.custom is given but architecture is {self.architecture}; "
+                "set architecture: custom to use it"
+            )
+        if self.custom is not None and self.custom.name in ENCODER_PRESETS:
+            raise ValueError(
+                f"encoder.custom.name: {self.custom.name} is a preset's name; choose another"
+            )
+        spec = self.spec
+        missing = self.weights is None or not self.weights.strip()
+        if spec.needs_weights and missing and not spec.packaged_weights:
+            raise ValueError(
+                f"encoder.weights is not set: give the path of {spec.name}'s local weights "
+                "file, or `random` to run with a randomly initialised encoder (demo and tests "
+                "only)"
+            )
+        if not spec.needs_weights and self.weights is not None:
+            raise ValueError(f"encoder.weights: {spec.name} takes no weights")
         return self
+
+    @property
+    def spec(self) -> EncoderSpec:
+        return self.custom if self.custom is not None else ENCODER_PRESETS[self.architecture]
 
     @property
     def is_random(self) -> bool:
         return self.weights == RANDOM_WEIGHTS
+
+    @property
+    def uses_packaged_weights(self) -> bool:
+        return self.weights is None and self.spec.packaged_weights
 
 
 class FeaturesConfig(_Section):
@@ -313,6 +335,17 @@ class PipelineConfig(_Section):
     training: TrainingConfig = TrainingConfig()
     outputs: OutputsConfig = OutputsConfig()
     cluster: ClusterConfig = ClusterConfig()
+
+    @model_validator(mode="after")
+    def _patch_fits_the_encoder(self) -> PipelineConfig:
+        spec = self.encoder.spec
+        if spec.input_px is not None and self.features.patch_px != spec.input_px:
+            raise ValueError(
+                f"features.patch_px is {self.features.patch_px} but encoder {spec.name} takes "
+                f"{spec.input_px} px patches; set features.patch_px: {spec.input_px} (and "
+                "features.patch_mpp for the field of view you want)"
+            )
+        return self
 
 
 def _format_validation_error(error: ValidationError, source: str) -> str:
