@@ -192,11 +192,21 @@ class NucleusCounter(StrEnum):
     HEMATOXYLIN = "hematoxylin"
 
 
-REGULARISATION_PRESETS: dict[str, dict[str, Any]] = {
-    # The published settings: no dropout, a fixed 50 image-stream epochs (the epoch is still
-    # chosen on the validation section, never on the test one), 500 autoencoder epochs.
+class LibrarySize(StrEnum):
+    """What CPM divides a spot's counts by."""
+
+    ALL_GENES = "all_genes"  # all of the spot's counts
+    SELECTED_GENES = "selected_genes"  # the counts of the predicted genes only (the authors')
+
+
+TRAINING_PRESETS: dict[str, dict[str, Any]] = {
+    # The authors' code (docs/method.md): no dropout, a fixed 50 image-stream epochs (the epoch
+    # is still chosen on the validation section, never on the test one), 500 autoencoder
+    # epochs on a kNN graph of 7 neighbours and self, 1,000 seurat_v3 genes per section, CPM
+    # over the selected genes.
     "paper": {"dropout": 0.0, "feature_dropout": 0.0, "lr": 1e-3, "weight_decay": 1e-3,
-              "epochs": 50, "patience": 50, "gate_epochs": 500},
+              "epochs": 50, "patience": 50, "gate_epochs": 500, "gate_k": 7, "n_genes": 1000,
+              "library_size": "selected_genes"},
     # What HER2ST-sized sections need (DESIGN.md §1; benchmarks/RESULTS.md): dropout on the
     # features and heads, a smaller step so the validation section can pick the epoch finely,
     # and early stopping.
@@ -207,13 +217,13 @@ REGULARISATION_PRESETS: dict[str, dict[str, Any]] = {
 
 class TrainingConfig(_Section):
     """`hespotex train` and `crossval`: the expression autoencoder, then the image stream
-    aligned to it. A ``preset`` fills the regularisation keys it names; keys given beside it
-    win."""
+    aligned to it. A ``preset`` fills the keys it names; keys given beside it win."""
 
     preset: Literal["paper", "regularised"] | None = Field(
         None,
-        description="paper: the published settings; regularised (the defaults): dropout, a "
-        "smaller learning rate and early stopping (REGULARISATION_PRESETS in hespotex/config.py)",
+        description="paper: the authors' settings (docs/method.md); regularised (the "
+        "defaults): dropout, a smaller learning rate and early stopping (TRAINING_PRESETS in "
+        "hespotex/config.py)",
     )
     gene_selection: GeneSelection = Field(
         GeneSelection.HVG_UNION,
@@ -222,6 +232,22 @@ class TrainingConfig(_Section):
     )
     n_genes: int = Field(256, ge=1, description="seurat_v3 genes per section (hvg_union)")
     genes_file: Path | None = Field(None, description="a gene per line; overrides the above")
+    include_genes: list[str] = Field(
+        default_factory=list,
+        description="genes predicted whether or not they are chosen (genes of interest: "
+        "outputs.genes, say); each must be in every section",
+    )
+    min_cells: int = Field(
+        1,
+        ge=0,
+        description="a gene is chosen only if detected in at least this many spots of every "
+        "training section (the authors' filter_genes(min_cells=1) per section)",
+    )
+    library_size: LibrarySize = Field(
+        LibrarySize.ALL_GENES,
+        description="CPM over all of a spot's counts (all_genes), or over the chosen genes "
+        "only (selected_genes, the authors')",
+    )
     min_spot_counts: int = Field(
         100, ge=0, description="spots with fewer counts are left out of training and scores"
     )
@@ -244,8 +270,9 @@ class TrainingConfig(_Section):
     )
     nucleus_counter: NucleusCounter = Field(
         NucleusCounter.NONE,
-        description="hematoxylin: multiply each spot's prediction by its nucleus count "
-        "(clipped to 1..20), counted on the patch's haematoxylin channel (scikit-image)",
+        description="hematoxylin: multiply each spot's prediction by the authors' factor, its "
+        "nucleus count clipped to 1..20 over the section's (slide's) largest, plus 1; counted "
+        "on the patch's haematoxylin channel (scikit-image)",
     )
     spots_per_step: int = Field(
         10_000,
@@ -263,8 +290,8 @@ class TrainingConfig(_Section):
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("preset") in REGULARISATION_PRESETS:
-            return {**REGULARISATION_PRESETS[data["preset"]], **data}
+        if isinstance(data, dict) and data.get("preset") in TRAINING_PRESETS:
+            return {**TRAINING_PRESETS[data["preset"]], **data}
         return data
 
 
@@ -273,6 +300,15 @@ class OutputsConfig(_Section):
         default_factory=list,
         description="genes drawn as heatmaps and top-patch montages, and written as QuPath "
         "measurements",
+    )
+    min_gene_pearson: float | None = Field(
+        None,
+        ge=-1,
+        le=1,
+        description="leave out of expression.h5ad (and everything drawn from it) the genes "
+        "whose per-gene Pearson in the checkpoint is below this: cv_pearson (held-out "
+        "sections of `hespotex crossval`) when the checkpoint has it, else validation_pearson; "
+        "genes without a score are left out too. null: keep every gene",
     )
     top_patches: int = Field(
         8,

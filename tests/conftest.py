@@ -79,12 +79,12 @@ def trained_checkpoint(tmp_path_factory) -> Path:
     """A small checkpoint trained by `hespotex train` on the demo's planted B4 sections."""
     from hespotex.config import parse_config
     from hespotex.model.checkpoint import save_checkpoint
-    from hespotex.training.demo import build_training
+    from hespotex.training.demo import build_planted
     from hespotex.training.fit import train
     from hespotex.training.sections import read_sections_sheet
 
     folder = tmp_path_factory.mktemp("training")
-    build_training(folder, SHARED_DATA)
+    build_planted(folder, SHARED_DATA)
     config = parse_config(
         {
             "encoder": TEST_ENCODER,
@@ -92,7 +92,7 @@ def trained_checkpoint(tmp_path_factory) -> Path:
         }
     )
     model, meta = train(
-        read_sections_sheet(folder / "training" / "sections.tsv"), "b4-right", config
+        read_sections_sheet(folder / "planted" / "sections.tsv"), "b4-right", config
     )
     checkpoint = folder / "model.safetensors"
     save_checkpoint(checkpoint, model, meta)

@@ -16,7 +16,7 @@ def test_evaluate_scores_a_held_out_section_writing_genes_summary_and_maps(
 ):
     """The checkpoint trained on B4's left half, its epoch chosen on the right half, scored on
     HER2ST C3, which neither saw."""
-    sheet = trained_checkpoint.parent / "training" / "heldout.tsv"
+    sheet = trained_checkpoint.parent / "planted" / "heldout.tsv"
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"encoder": TEST_ENCODER, "features": {"device": "cpu"}}))
     out = tmp_path / "evaluation"
@@ -42,7 +42,7 @@ def test_evaluate_scores_a_held_out_section_writing_genes_summary_and_maps(
 
 
 def test_evaluate_refuses_a_checkpoint_of_another_encoder(tmp_path, trained_checkpoint):
-    sheet = trained_checkpoint.parent / "training" / "sections.tsv"
+    sheet = trained_checkpoint.parent / "planted" / "sections.tsv"
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"encoder": {"architecture": "stain-stats"}}))
     status = main(

@@ -10,7 +10,8 @@ import torch
 from conftest import SHARED_DATA
 from scipy import sparse
 
-from hespotex.config import parse_config
+from hespotex.config import LibrarySize, parse_config
+from hespotex.errors import InputDataError
 from hespotex.io.backends import ArraySlide
 from hespotex.io.slide import Slide
 from hespotex.model.encoders import load_encoder
@@ -251,3 +252,51 @@ def test_presets_fill_regularisation_and_explicit_keys_win():
     assert default.model_dump(exclude={"preset"}) == regularised.training.model_dump(
         exclude={"preset"}
     )
+    assert paper.n_genes == 1000 and paper.gate_k == 7
+    assert paper.library_size == LibrarySize.SELECTED_GENES
+    assert default.library_size == LibrarySize.ALL_GENES and default.min_cells == 1
+
+
+def _section(name: str, counts: np.ndarray, genes: list[str]) -> Section:
+    n_spots = len(counts)
+    return Section(
+        name,
+        SHARED_DATA,
+        None,
+        sparse.csr_matrix(counts, dtype=np.float32),
+        pd.Index(genes),
+        pd.Index(map(str, range(n_spots))),
+        np.random.default_rng(0).uniform(0, 100, (n_spots, 2)),
+    )
+
+
+def test_cpm_over_all_counts_or_over_the_chosen_genes_as_the_authors_do():
+    section = _section("cpm", np.array([[10, 30, 60], [0, 5, 5]]), ["A", "B", "C"])
+    everything = np.expm1(section.log_expression(["A", "B"]))
+    assert np.allclose(everything, [[1e5, 3e5], [0, 5e5]])
+    chosen = np.expm1(section.log_expression(["A", "B"], library_size=LibrarySize.SELECTED_GENES))
+    assert np.allclose(chosen, [[2.5e5, 7.5e5], [0, 1e6]])
+
+
+def test_genes_of_interest_are_added_and_undetected_genes_left_out():
+    """A gene no spot of one training section detects is not chosen (the authors' per-section
+    min_cells=1); ``include_genes`` are predicted even when not among the most variable; a gene
+    of interest a section lacks is refused by name."""
+    rng = np.random.default_rng(2)
+    sections = []
+    for name in ("one", "two"):
+        varying = rng.poisson(20 * rng.gamma(2.0, 0.5, (200, 3)))
+        steady = rng.poisson(30, (200, 1))
+        silent = (
+            np.zeros((200, 1)) if name == "two" else rng.poisson(40 * rng.gamma(0.5, 2, (200, 1)))
+        )
+        counts = np.concatenate([varying, steady, silent], axis=1)
+        sections.append(_section(name, counts, ["V0", "V1", "V2", "STEADY", "SILENT_IN_TWO"]))
+    config = parse_config(
+        {**PLANTED_CONFIG, "training": {"n_genes": 3, "include_genes": ["STEADY"]}}
+    ).training
+    chosen = select_genes(sections, config)
+    assert set(chosen) == {"V0", "V1", "V2", "STEADY"}
+    wanting = config.model_copy(update={"include_genes": ["SILENT_IN_TWO"]})
+    with pytest.raises(InputDataError, match="SILENT_IN_TWO not in every section"):
+        select_genes(sections, wanting)

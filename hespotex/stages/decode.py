@@ -26,6 +26,7 @@ from hespotex.io.stores import FeatureStore, StoreKeys, read_feature_store, read
 from hespotex.model.checkpoint import CheckpointMeta, check_checkpoint_encoder, load_checkpoint
 from hespotex.model.identity import EncoderIdentity
 from hespotex.model.runners import pick_device
+from hespotex.model.streams import nucleus_scale
 from hespotex.paths import SlidePaths
 from hespotex.stages.tiles import read_spots
 from hespotex.stages.tissue import TissueRecord
@@ -33,9 +34,20 @@ from hespotex.stages.tissue import TissueRecord
 logger = logging.getLogger(__name__)
 
 
+def gene_table(meta: CheckpointMeta) -> pd.DataFrame:
+    """``var``: one row per gene, a column per score the checkpoint carries (NaN: none)."""
+    return pd.DataFrame(
+        {
+            name: np.array([np.nan if value is None else value for value in values], dtype=float)
+            for name, values in meta.gene_scores.items()
+        },
+        index=pd.Index(meta.genes, name=None),
+    )
+
+
 def build_anndata(
     prediction: np.ndarray,
-    genes: list[str],
+    var: pd.DataFrame,
     spots: pd.DataFrame,
     record: TissueRecord,
     thumbnail: np.ndarray,
@@ -44,11 +56,7 @@ def build_anndata(
 ) -> ad.AnnData:
     obs = spots.set_index("spot_id")
     obs.index.name = None
-    adata = ad.AnnData(
-        X=prediction.astype(np.float32),
-        obs=obs,
-        var=pd.DataFrame(index=pd.Index(genes, name=None)),
-    )
+    adata = ad.AnnData(X=prediction.astype(np.float32), obs=obs, var=var)
     adata.obsm["spatial"] = spots[["x_px", "y_px"]].to_numpy(dtype=np.float64)
     adata.uns["spatial"] = {
         record.slide_id: {
@@ -108,13 +116,14 @@ def run_decode(slide_id: str, config: PipelineConfig) -> ad.AnnData:
             meta.graph_k,
         )
     nucleus_counts = nucleus_counts_for(meta, store, paths.features)
+    scale = None if nucleus_counts is None else nucleus_scale(torch.from_numpy(nucleus_counts))
     device = pick_device(config.decode.device)
     model = model.to(device)
     prediction = model.predict(
         torch.from_numpy(store.features).to(device),
         torch.from_numpy(edge_index).to(device),
         config.decode.spot_chunk,
-        None if nucleus_counts is None else torch.from_numpy(nucleus_counts),
+        scale,
     ).numpy()
     with Image.open(paths.thumbnail) as image:
         thumbnail = np.asarray(image.convert("RGB"))
@@ -130,10 +139,22 @@ def run_decode(slide_id: str, config: PipelineConfig) -> ad.AnnData:
         "spot_spacing_um": config.grid.spacing_um,
         "patch_um": config.features.patch_um,
         "trained_on": meta.trained_on,
+        "gene_scores": meta.gene_score_sources,
+        "min_gene_pearson": config.outputs.min_gene_pearson,
     }
+    kept = meta.genes_kept(config.outputs.min_gene_pearson, config.decode.checkpoint)
+    if len(kept) < len(meta.genes):
+        logger.info(
+            "outputs.min_gene_pearson %s: keeping %d of %d genes (by %s)",
+            config.outputs.min_gene_pearson,
+            len(kept),
+            len(meta.genes),
+            meta.trusted_score(),
+        )
+    columns = pd.Index(meta.genes).get_indexer(kept)
     adata = build_anndata(
-        prediction,
-        meta.genes,
+        prediction[:, columns],
+        gene_table(meta).loc[kept],
         spots,
         record,
         thumbnail,

@@ -41,7 +41,13 @@ from hespotex.training.data import (
     section_tensors,
 )
 from hespotex.training.genes import select_genes
-from hespotex.training.loops import image_stream_epoch, train_expression_latents, validation_pearson
+from hespotex.training.loops import (
+    image_stream_epoch,
+    section_prediction,
+    train_expression_latents,
+    validation_pearson,
+)
+from hespotex.training.metrics import pearson_per_gene
 from hespotex.training.resume import ResumeFile, fingerprint
 from hespotex.training.sections import SectionSource
 from hespotex.training.stopping import EarlyStopping
@@ -134,6 +140,15 @@ def train_image_stream(
     return model.eval(), summary
 
 
+def gene_pearson(model: ImageStream, section: SectionTensors) -> list[float | None]:
+    """Per gene, Pearson of predicted and measured expression across the section's spots
+    (None where either is constant)."""
+    with torch.no_grad():
+        predicted = section_prediction(model, section).cpu().numpy()
+    scores = pearson_per_gene(section.expression.cpu().numpy(), predicted)
+    return [None if np.isnan(value) else round(float(value), 4) for value in scores]
+
+
 def fit(
     sections: Sequence[EncodedSection],
     validation_id: str | None,
@@ -176,6 +191,13 @@ def fit(
         tensors, validation_tensors, len(genes), config.training, resume, saved
     )
     resume.remove()
+    scores, sources = {}, {}
+    if validation_tensors is not None:
+        scores["validation_pearson"] = gene_pearson(model, validation_tensors)
+        sources["validation_pearson"] = (
+            f"Pearson across the spots of validation section {validation_id} at the chosen "
+            f"epoch {summary['chosen_epoch']} (which it chose: optimistic)"
+        )
     meta = CheckpointMeta(
         genes=genes,
         latent_dim=config.training.latent_dim,
@@ -186,6 +208,9 @@ def fit(
         patch_mpp=config.features.patch_mpp,
         trained_on=[encoded.section_id for encoded in training],
         nucleus_counter=config.training.nucleus_counter.value,
+        library_size=config.training.library_size,
+        gene_scores=scores,
+        gene_score_sources=sources,
         training={
             **summary,
             "validation_section": validation_id,
