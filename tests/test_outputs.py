@@ -109,6 +109,20 @@ def test_heatmap_draws_square_cells_on_a_square_grid(decoded, tmp_path):
     assert not np.array_equal(pixels["hex"], pixels["square"])
 
 
+def test_heatmap_titles_say_how_far_each_gene_is_trusted():
+    import pandas as pd
+
+    from hespotex.outputs.heatmaps import gene_trust
+
+    var = pd.DataFrame(
+        {"validation_pearson": [0.456, np.nan], "cv_pearson": [0.312, np.nan]},
+        index=["ERBB2", "NOISE_01"],
+    )
+    assert gene_trust(var, "ERBB2") == " (cv r = 0.31, validation r = 0.46)"
+    assert gene_trust(var, "NOISE_01") == ""
+    assert gene_trust(pd.DataFrame(index=["ERBB2"]), "ERBB2") == ""
+
+
 def test_qupath_geojson_has_spots_at_true_size_with_expression_and_the_tissue(decoded):
     config, paths = decoded
     adata = ad.read_h5ad(paths.expression)
