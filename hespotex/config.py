@@ -268,6 +268,14 @@ class TrainingConfig(_Section):
     feature_dropout: float = Field(
         0.5, ge=0, lt=1, description="dropout on the encoder features entering the latent head"
     )
+    weight_average: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="if above 0, the model scored on the validation section and kept is an "
+        "exponential moving average of the image stream's weights over epochs, with this "
+        "decay (0.9: about the last ten epochs); 0: the weights of one epoch",
+    )
     nucleus_counter: NucleusCounter = Field(
         NucleusCounter.NONE,
         description="hematoxylin: multiply each spot's prediction by the authors' factor, its "

@@ -300,3 +300,20 @@ def test_genes_of_interest_are_added_and_undetected_genes_left_out():
     wanting = config.model_copy(update={"include_genes": ["SILENT_IN_TWO"]})
     with pytest.raises(InputDataError, match="SILENT_IN_TWO not in every section"):
         select_genes(sections, wanting)
+
+
+def test_weight_average_follows_the_weights_over_epochs():
+    from hespotex.model.streams import ImageStream, ImageStreamShape
+    from hespotex.training.fit import WeightAverage
+
+    torch.manual_seed(0)
+    model = ImageStream(ImageStreamShape(feature_dim=4, latent_dim=2, n_genes=3))
+    assert WeightAverage(model, 0.0).model is model
+    average = WeightAverage(model, 0.75)
+    start = [parameter.detach().clone() for parameter in model.parameters()]
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(4.0)
+    average.update(model)
+    for averaged, before in zip(average.model.parameters(), start, strict=True):
+        assert torch.allclose(averaged, before + 1.0)

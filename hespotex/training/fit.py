@@ -18,6 +18,7 @@ dropout, section order).
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -60,6 +61,23 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
 
 
+class WeightAverage:
+    """An exponential moving average of a model's weights over epochs (Polyak averaging):
+    on sections of a few hundred spots the weights of one epoch are noisy, and which epoch
+    the validation section picks with them. ``decay`` 0 keeps the last epoch's weights."""
+
+    def __init__(self, model: ImageStream, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model) if decay > 0 else model
+
+    @torch.no_grad()
+    def update(self, model: ImageStream) -> None:
+        if self.model is model:
+            return
+        for averaged, current in zip(self.model.parameters(), model.parameters(), strict=True):
+            averaged.lerp_(current, 1 - self.decay)
+
+
 def train_image_stream(
     training: Sequence[SectionTensors],
     validation: SectionTensors | None,
@@ -79,6 +97,7 @@ def train_image_stream(
     model = ImageStream(shape).to(device)
     model.standardise_with(torch.cat([section.features for section in training]))
     model.start_from_mean(torch.cat([section.expression for section in training]))
+    average = WeightAverage(model, config.weight_average)
     optimiser = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
@@ -86,6 +105,7 @@ def train_image_stream(
     first_epoch = 1
     if saved is not None and saved["stage"] == "image_stream":
         model.load_state_dict(saved["model"])
+        average.model.load_state_dict(saved["average"])
         optimiser.load_state_dict(saved["optimiser"])
         stopping = EarlyStopping(**saved["stopping"])
         torch.set_rng_state(saved["rng"])
@@ -100,10 +120,11 @@ def train_image_stream(
     epoch, losses = first_epoch - 1, {}
     for epoch in progress:
         losses = image_stream_epoch(model, optimiser, training)
+        average.update(model)
         stop = False
         if validation is not None:
-            losses["validation_pearson"] = validation_pearson(model, validation)
-            stop = stopping.update(model, epoch, losses["validation_pearson"])
+            losses["validation_pearson"] = validation_pearson(average.model, validation)
+            stop = stopping.update(average.model, epoch, losses["validation_pearson"])
         progress.set_postfix({key: f"{value:.4f}" for key, value in losses.items()}, refresh=False)
         if stop:
             logger.info(
@@ -118,12 +139,14 @@ def train_image_stream(
                     "stage": "image_stream",
                     "latents": {section.section_id: section.latent.cpu() for section in training},
                     "model": model.state_dict(),
+                    "average": average.model.state_dict(),
                     "optimiser": optimiser.state_dict(),
                     "stopping": vars(stopping),
                     "rng": torch.get_rng_state(),
                     "epoch": epoch,
                 }
             )
+    model = average.model
     if stopping.best_state is not None:
         model.load_state_dict(stopping.best_state)
         logger.info(
