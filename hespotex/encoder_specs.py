@@ -157,8 +157,32 @@ def _clip_vision(name: str, model_kwargs: dict[str, Any], source: str) -> Encode
 
 
 _HF = "https://huggingface.co/"
-# Keyword arguments shared by the DINOv2-trained timm ViTs below (LayerScale at 1e-5).
-_LAYERSCALE = {"init_values": 1e-5, "img_size": 224}
+# Patches of 224 px at 0.5 µm/px, what the pathology models below were trained on.
+PATHOLOGY_PATCH_UM = 112.0
+
+
+def _pathology_vit(
+    name: str,
+    model: str,
+    model_kwargs: dict[str, Any],
+    feature_dim: int,
+    card: str,
+    **settings: Any,
+) -> EncoderSpec:
+    """A pathology foundation model built by timm at 224 px with LayerScale (1e-5), published
+    as timm keys in pytorch_model.bin; ``card`` names its model card and what it says."""
+    return EncoderSpec(
+        name=name,
+        family=Family.TIMM,
+        model=model,
+        model_kwargs={"init_values": 1e-5, "img_size": 224, **model_kwargs},
+        patch_um=PATHOLOGY_PATCH_UM,
+        feature_dim=feature_dim,
+        weights=WeightsLayout(file_names=("pytorch_model.bin",)),
+        source=_HF + card,
+        **settings,
+    )
+
 
 ENCODER_PRESETS: dict[str, EncoderSpec] = {
     spec.name: spec
@@ -193,22 +217,17 @@ ENCODER_PRESETS: dict[str, EncoderSpec] = {
             {"layers": 4, "width": 192, "head_width": 64},
             "a 4-layer, 192-wide ViT/32 in QuiltNet's design, for demos and tests on CPU",
         ),
-        EncoderSpec(
-            name="uni",
-            family=Family.TIMM,
-            model="vit_large_patch16_224",
-            model_kwargs={**_LAYERSCALE, "patch_size": 16, "dynamic_img_size": True},
-            patch_um=112.0,
-            feature_dim=1024,
-            weights=WeightsLayout(file_names=("pytorch_model.bin",)),
-            source=_HF + "MahmoodLab/UNI: ViT-L/16, CLS token, 224 px at 20× (0.5 µm/px)",
+        _pathology_vit(
+            "uni",
+            "vit_large_patch16_224",
+            {"patch_size": 16, "dynamic_img_size": True},
+            1024,
+            "MahmoodLab/UNI: ViT-L/16, CLS token, 224 px at 20× (0.5 µm/px)",
         ),
-        EncoderSpec(
-            name="uni2-h",
-            family=Family.TIMM,
-            model="vit_giant_patch14_224",
-            model_kwargs={
-                **_LAYERSCALE,
+        _pathology_vit(
+            "uni2-h",
+            "vit_giant_patch14_224",
+            {
                 "patch_size": 14,
                 "depth": 24,
                 "num_heads": 24,
@@ -220,18 +239,14 @@ ENCODER_PRESETS: dict[str, EncoderSpec] = {
                 "reg_tokens": 8,
                 "dynamic_img_size": True,
             },
-            patch_um=112.0,
-            feature_dim=1536,
-            weights=WeightsLayout(file_names=("pytorch_model.bin",)),
-            source=_HF + "MahmoodLab/UNI2-h: ViT-H/14 with SwiGLU and 8 register tokens, "
-            "CLS token, 224 px at 20×",
+            1536,
+            "MahmoodLab/UNI2-h: ViT-H/14 with SwiGLU and 8 register tokens, CLS token, "
+            "224 px at 20×",
         ),
-        EncoderSpec(
-            name="virchow2",
-            family=Family.TIMM,
-            model="vit_huge_patch14_224",
-            model_kwargs={
-                **_LAYERSCALE,
+        _pathology_vit(
+            "virchow2",
+            "vit_huge_patch14_224",
+            {
                 "mlp_ratio": 5.3375,
                 "mlp_layer": "SwiGLUPacked",
                 "act_layer": "SiLU",
@@ -239,25 +254,20 @@ ENCODER_PRESETS: dict[str, EncoderSpec] = {
                 "global_pool": "",
                 "dynamic_img_size": True,
             },
-            patch_um=112.0,
+            2560,
+            "paige-ai/Virchow2: ViT-H/14 with SwiGLU and 4 register tokens; CLS token beside "
+            "the mean of the patch tokens (registers left out), 2 × 1280",
             pooling=Pooling.CLS_MEAN,
-            feature_dim=2560,
-            weights=WeightsLayout(file_names=("pytorch_model.bin",)),
-            source=_HF + "paige-ai/Virchow2: ViT-H/14 with SwiGLU and 4 register tokens; "
-            "CLS token beside the mean of the patch tokens (registers left out), 2 × 1280",
         ),
-        EncoderSpec(
-            name="h-optimus-0",
-            family=Family.TIMM,
-            model="vit_giant_patch14_reg4_dinov2",
-            model_kwargs={**_LAYERSCALE, "dynamic_img_size": False},
-            patch_um=112.0,
+        _pathology_vit(
+            "h-optimus-0",
+            "vit_giant_patch14_reg4_dinov2",
+            {"dynamic_img_size": False},
+            1536,
+            "bioptimus/H-optimus-0: ViT-g/14 with 4 register tokens, its own mean and std, "
+            "CLS token, 224 px at 0.5 µm/px",
             mean=(0.707223, 0.578729, 0.703617),
             std=(0.211883, 0.230117, 0.177517),
-            feature_dim=1536,
-            weights=WeightsLayout(file_names=("pytorch_model.bin",)),
-            source=_HF + "bioptimus/H-optimus-0: ViT-g/14 with 4 register tokens, its own "
-            "mean and std, CLS token, 224 px at 0.5 µm/px",
         ),
         EncoderSpec(
             name="phikon-v2",
@@ -271,22 +281,19 @@ ENCODER_PRESETS: dict[str, EncoderSpec] = {
                 "image_size": 224,
                 "layerscale_value": 1e-5,
             },
-            patch_um=112.0,
+            patch_um=PATHOLOGY_PATCH_UM,
             feature_dim=1024,
             weights=WeightsLayout(file_names=("model.safetensors",)),
             source=_HF + "owkin/phikon-v2: Hugging Face Dinov2Model, ViT-L/16, "
             "last_hidden_state[:, 0] (CLS), 224 px at 20×",
         ),
-        EncoderSpec(
-            name="prov-gigapath",
-            family=Family.TIMM,
-            model="vit_giant_patch14_dinov2",
-            model_kwargs={**_LAYERSCALE, "patch_size": 16},
-            patch_um=112.0,
-            feature_dim=1536,
-            weights=WeightsLayout(file_names=("pytorch_model.bin",)),
-            source=_HF + "prov-gigapath/prov-gigapath: the tile encoder, timm "
-            "vit_giant_patch14_dinov2 at 224 px with 16 px patches, CLS token",
+        _pathology_vit(
+            "prov-gigapath",
+            "vit_giant_patch14_dinov2",
+            {"patch_size": 16},
+            1536,
+            "prov-gigapath/prov-gigapath: the tile encoder, timm vit_giant_patch14_dinov2 at "
+            "224 px with 16 px patches, CLS token",
         ),
         EncoderSpec(
             name="stain-stats",
