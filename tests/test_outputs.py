@@ -85,6 +85,8 @@ def test_qc_json_records_spots_area_resolution_identities_and_stage_timings(
     assert qc["encoder"]["random_weights"] is True
     assert qc["checkpoint"]["sha256"] == file_sha256(trained_checkpoint)
     assert qc["checkpoint"]["trained_on"] == ["b4-left"]
+    assert qc["checkpoint"]["genes_kept"] == qc["checkpoint"]["genes"] == 32
+    assert -1 < qc["checkpoint"]["gene_scores"]["validation_pearson"]["median"] < 1
     assert set(qc["timings"]) == set(STAGES)
     assert all(entry["seconds"] >= 0.01 for entry in qc["timings"].values())
     assert all(entry["peak_rss_mb"] > 50 for entry in qc["timings"].values())

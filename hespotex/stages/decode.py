@@ -2,7 +2,9 @@
 
 The AnnData is what scanpy and squidpy users expect from Visium: spots × genes,
 ``obsm['spatial']`` in level-0 pixels, and ``uns['spatial'][slide_id]`` with the thumbnail
-(as ``hires``) and its scale factor, so ``scanpy.pl.spatial`` draws it unchanged. Spot
+(as ``hires``) and its scale factor, so ``scanpy.pl.spatial`` draws it unchanged. ``var`` holds
+each gene's scores from the checkpoint (``validation_pearson``, ``cv_pearson``), and
+``outputs.min_gene_pearson`` leaves out the genes below it. Spot
 diameter is the grid spacing, so spots drawn at that size tile the tissue. What is drawn from
 it (heatmaps, top patches, QuPath GeoJSON, qc.json) is ``hespotex.outputs``' work.
 """
