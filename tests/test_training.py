@@ -41,8 +41,10 @@ PLANTED_CONFIG = {
         "epochs": 300,
         "patience": 60,
         "lr": 1e-3,
+        "weight_decay": 1e-3,
         "dropout": 0.3,
         "feature_dropout": 0.0,
+        "weight_average": 0.0,
     },
 }
 
