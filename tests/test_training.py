@@ -124,7 +124,8 @@ def test_training_in_blocks_resumes_where_it_was_interrupted(
     planted_sections, tmp_path, monkeypatch
 ):
     """Sections of ≈ 190 spots trained in blocks of 60 (as a 200,000-spot section trains in
-    blocks of 10,000): interrupted and resumed, the model is the uninterrupted one."""
+    blocks of 10,000), with the weights averaged over epochs: interrupted and resumed, the
+    model is the uninterrupted one."""
     from hespotex.training import fit as fitting
 
     config = parse_config(
@@ -137,6 +138,7 @@ def test_training_in_blocks_resumes_where_it_was_interrupted(
                 "patience": 50,
                 "resume_every": 5,
                 "spots_per_step": 60,
+                "weight_average": 0.5,
             },
         }
     )
