@@ -1,5 +1,6 @@
 # Two commands do all the set-up on a fresh machine (Python 3.11, package registries only):
-#   make demo   build .venv if missing, build the demo data, train its checkpoint, run the cohort
+#   make demo   build .venv if missing, build the demo data, train its checkpoint on the real
+#               HER2ST sections, run the cohort
 #   make test   build .venv and .venv-viewers if missing, then ruff, snakemake --lint (in the
 #               tests) and pytest
 # `make viewers` builds .venv-viewers alone: squidpy and spatialdata, which cannot share .venv.
@@ -28,12 +29,12 @@ $(VIEWERS_VENV)/installed.stamp: envs/viewers.txt
 	$(VIEWERS_VENV)/bin/python -m pip install --quiet -r envs/viewers.txt
 	touch $@
 
-demo/training/sections.tsv: | $(VENV)/installed.stamp
+demo/her2st/sections.tsv: | $(VENV)/installed.stamp
 	$(BIN)/hespotex demo-data --out demo
 
-demo/model.safetensors: demo/training/sections.tsv config/demo.yaml
-	$(BIN)/hespotex train --config config/demo.yaml --sections demo/training/sections.tsv \
-		--validation b4-right --out $@
+demo/model.safetensors: demo/her2st/sections.tsv config/demo.yaml
+	$(BIN)/hespotex train --config config/demo.yaml --sections demo/her2st/sections.tsv \
+		--validation C4 --out $@
 
 demo: demo/model.safetensors
 	$(BIN)/snakemake --profile workflow/profiles/local --configfile config/demo.yaml \

@@ -46,12 +46,12 @@ def main() -> None:
     config_for_training.write_text(yaml.safe_dump(settings))
     checkpoint = work / "model.safetensors"
     if not checkpoint.exists():
-        from hespotex.training.demo import build_training
+        from hespotex.training.demo import build_planted
 
-        build_training(work, SHARED)
+        build_planted(work, SHARED)
         run_timed(
             [hespotex, "train", "--config", str(config_for_training), "--sections",
-             str(work / "training" / "sections.tsv"), "--validation", "b4-right",
+             str(work / "planted" / "sections.tsv"), "--validation", "b4-right",
              "--out", str(checkpoint)]
         )  # fmt: skip
 

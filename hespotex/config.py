@@ -15,6 +15,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from hespotex.encoder_specs import CUSTOM, ENCODER_PRESETS, EncoderName, EncoderSpec
 from hespotex.errors import ConfigError
 from hespotex.paths import COHORT_FOLDER
 from hespotex.units import MPP_MAX, Microns, Mpp
@@ -75,49 +76,70 @@ class GridConfig(_Section):
         return Microns(self.spacing_um)
 
 
-class EncoderArchitecture(StrEnum):
-    """Image encoders the features stage can build without a network."""
-
-    VIT_B_32 = "vit-b-32"
-    VIT_TINY_32 = "vit-tiny-32"
-    STAIN_STATS = "stain-stats"
-
-    @property
-    def needs_weights(self) -> bool:
-        return self is not EncoderArchitecture.STAIN_STATS
-
-
 class EncoderConfig(_Section):
-    """The frozen image encoder. Weights come from a local file, never from a hub."""
+    """The frozen image encoder: a preset of ``ENCODER_PRESETS`` (hespotex/encoder_specs.py),
+    or ``custom`` with its spec. Weights come from a local file (or the installed package that
+    ships them), never from a hub."""
 
-    architecture: EncoderArchitecture = Field(
-        EncoderArchitecture.VIT_B_32,
-        description="vit-b-32: OpenCLIP ViT-B/32 with QuickGELU, the QuiltNet architecture of "
-        "the paper; vit-tiny-32: a 4-layer, 192-wide ViT/32 for demos and tests on CPU; "
-        "stain-stats: weights-free colour, stain and texture statistics (fast on CPU)",
+    architecture: EncoderName = Field(
+        "efficientnet-lite0-imagenet",
+        description="a preset (README, 'Encoders'): efficientnet-lite0-imagenet (ImageNet "
+        "weights installed with hespotex), uni, uni2-h, virchow2, h-optimus-0, phikon-v2, "
+        "prov-gigapath, quiltnet-b-32 (the paper's), vit-b-32, vit-tiny-32 (demos and tests), "
+        "stain-stats (weights-free); or custom, described under `custom`",
+    )
+    custom: EncoderSpec | None = Field(
+        None, description="with architecture: custom, your own encoder (a timm model, say)"
     )
     weights: str | None = Field(
         None,
-        description="path to local weights (.safetensors, or a torch state dict loaded with "
-        "weights_only=True), or `random` for a randomly initialised encoder with `seed` "
-        "(stated in logs and outputs). Required, except for stain-stats, which has none.",
+        description="a local weights file (.safetensors, or a torch state dict loaded with "
+        "weights_only=True) or the folder holding it, or `random` for a randomly initialised "
+        "encoder with `seed` (stated in logs and outputs). Required, except for stain-stats "
+        "(none) and encoders whose weights an installed package ships (efficientnet-lite0-"
+        "imagenet: leave it out)",
     )
     seed: int = Field(0, ge=0, description="seed for `weights: random`")
 
     @model_validator(mode="after")
-    def _weights_given(self) -> EncoderConfig:
-        if self.architecture.needs_weights and (self.weights is None or not self.weights.strip()):
+    def _spec_and_weights_given(self) -> EncoderConfig:
+        if self.architecture == CUSTOM and self.custom is None:
             raise ValueError(
-                "encoder.weights is not set: give the path of a local weights file, or "
-                "`random` to run with a randomly initialised encoder (demo and tests only)"
+                "encoder.custom: architecture is custom, so describe the encoder here (family, "
+                "model, model_kwargs, input_px, mean, std, pooling, feature_dim, ...)"
             )
-        if not self.architecture.needs_weights and self.weights is not None:
-            raise ValueError(f"encoder.weights: {self.architecture.value} takes no weights")
+        if self.architecture != CUSTOM and self.custom is not None:
+            raise ValueError(
+                f"encoder.custom is given but architecture is {self.architecture}; "
+                "set architecture: custom to use it"
+            )
+        if self.custom is not None and self.custom.name in ENCODER_PRESETS:
+            raise ValueError(
+                f"encoder.custom.name: {self.custom.name} is a preset's name; choose another"
+            )
+        spec = self.spec
+        missing = self.weights is None or not self.weights.strip()
+        if spec.needs_weights and missing and not spec.packaged_weights:
+            raise ValueError(
+                f"encoder.weights is not set: give the path of {spec.name}'s local weights "
+                "file, or `random` to run with a randomly initialised encoder (demo and tests "
+                "only)"
+            )
+        if not spec.needs_weights and self.weights is not None:
+            raise ValueError(f"encoder.weights: {spec.name} takes no weights")
         return self
+
+    @property
+    def spec(self) -> EncoderSpec:
+        return self.custom if self.custom is not None else ENCODER_PRESETS[self.architecture]
 
     @property
     def is_random(self) -> bool:
         return self.weights == RANDOM_WEIGHTS
+
+    @property
+    def uses_packaged_weights(self) -> bool:
+        return self.weights is None and self.spec.packaged_weights
 
 
 class StainNormalisation(StrEnum):
@@ -237,28 +259,39 @@ class NucleusCounter(StrEnum):
     HEMATOXYLIN = "hematoxylin"
 
 
-REGULARISATION_PRESETS: dict[str, dict[str, Any]] = {
-    # The published settings: no dropout, a fixed 50 image-stream epochs (the epoch is still
-    # chosen on the validation section, never on the test one), 500 autoencoder epochs.
+class LibrarySize(StrEnum):
+    """What CPM divides a spot's counts by."""
+
+    ALL_GENES = "all_genes"  # all of the spot's counts
+    SELECTED_GENES = "selected_genes"  # the counts of the predicted genes only (the authors')
+
+
+TRAINING_PRESETS: dict[str, dict[str, Any]] = {
+    # The authors' code (docs/method.md): no dropout, a fixed 50 image-stream epochs (the epoch
+    # is still chosen on the validation section, never on the test one), 500 autoencoder
+    # epochs on a kNN graph of 7 neighbours and self, 1,000 seurat_v3 genes per section, CPM
+    # over the selected genes.
     "paper": {"dropout": 0.0, "feature_dropout": 0.0, "lr": 1e-3, "weight_decay": 1e-3,
-              "epochs": 50, "patience": 50, "gate_epochs": 500},
-    # What HER2ST-sized sections need (DESIGN.md §1; benchmarks/RESULTS.md): dropout on the
-    # features and heads, a smaller step so the validation section can pick the epoch finely,
-    # and early stopping.
-    "regularised": {"dropout": 0.5, "feature_dropout": 0.5, "lr": 1e-4, "weight_decay": 1e-3,
-                    "epochs": 300, "patience": 40, "gate_epochs": 500},
+              "epochs": 50, "patience": 50, "gate_epochs": 500, "gate_k": 7, "n_genes": 1000,
+              "library_size": "selected_genes", "weight_average": 0.0},
+    # What HER2ST-sized sections need (DESIGN.md §1; benchmarks/RESULTS.md, the variants
+    # tried): heavy dropout on the features and heads and weight decay (a few hundred spots per
+    # section, 1280-d features), a smaller step, the weights averaged over epochs, early
+    # stopping.
+    "regularised": {"dropout": 0.7, "feature_dropout": 0.9, "lr": 1e-4, "weight_decay": 0.05,
+                    "epochs": 600, "patience": 60, "gate_epochs": 500, "weight_average": 0.9},
 }  # fmt: skip
 
 
 class TrainingConfig(_Section):
     """`hespotex train` and `crossval`: the expression autoencoder, then the image stream
-    aligned to it. A ``preset`` fills the regularisation keys it names; keys given beside it
-    win."""
+    aligned to it. A ``preset`` fills the keys it names; keys given beside it win."""
 
     preset: Literal["paper", "regularised"] | None = Field(
         None,
-        description="paper: the published settings; regularised (the defaults): dropout, a "
-        "smaller learning rate and early stopping (REGULARISATION_PRESETS in hespotex/config.py)",
+        description="paper: the authors' settings (docs/method.md); regularised (the "
+        "defaults): dropout, a smaller learning rate and early stopping (TRAINING_PRESETS in "
+        "hespotex/config.py)",
     )
     gene_selection: GeneSelection = Field(
         GeneSelection.HVG_UNION,
@@ -267,6 +300,22 @@ class TrainingConfig(_Section):
     )
     n_genes: int = Field(256, ge=1, description="seurat_v3 genes per section (hvg_union)")
     genes_file: Path | None = Field(None, description="a gene per line; overrides the above")
+    include_genes: list[str] = Field(
+        default_factory=list,
+        description="genes predicted whether or not they are chosen (genes of interest: "
+        "outputs.genes, say); each must be in every section",
+    )
+    min_cells: int = Field(
+        1,
+        ge=0,
+        description="a gene is chosen only if detected in at least this many spots of every "
+        "training section (the authors' filter_genes(min_cells=1) per section)",
+    )
+    library_size: LibrarySize = Field(
+        LibrarySize.ALL_GENES,
+        description="CPM over all of a spot's counts (all_genes), or over the chosen genes "
+        "only (selected_genes, the authors')",
+    )
     min_spot_counts: int = Field(
         100, ge=0, description="spots with fewer counts are left out of training and scores"
     )
@@ -277,20 +326,29 @@ class TrainingConfig(_Section):
     gate_lr: float = Field(1e-3, gt=0)
     gate_weight_decay: float = Field(1e-4, ge=0)
     gradient_clip: float = Field(5.0, gt=0)
-    epochs: int = Field(300, ge=1, description="image-stream epochs (one step per section)")
+    epochs: int = Field(600, ge=1, description="image-stream epochs (one step per section)")
     patience: int = Field(
-        40, ge=1, description="stop after this many epochs without a better validation score"
+        60, ge=1, description="stop after this many epochs without a better validation score"
     )
     lr: float = Field(1e-4, gt=0)
-    weight_decay: float = Field(1e-3, ge=0)
-    dropout: float = Field(0.5, ge=0, lt=1, description="dropout in the latent and gene heads")
+    weight_decay: float = Field(0.05, ge=0)
+    dropout: float = Field(0.7, ge=0, lt=1, description="dropout in the latent and gene heads")
     feature_dropout: float = Field(
-        0.5, ge=0, lt=1, description="dropout on the encoder features entering the latent head"
+        0.9, ge=0, lt=1, description="dropout on the encoder features entering the latent head"
+    )
+    weight_average: float = Field(
+        0.9,
+        ge=0,
+        lt=1,
+        description="if above 0, the model scored on the validation section and kept is an "
+        "exponential moving average of the image stream's weights over epochs, with this "
+        "decay (0.9: about the last ten epochs); 0: the weights of one epoch",
     )
     nucleus_counter: NucleusCounter = Field(
         NucleusCounter.NONE,
-        description="hematoxylin: multiply each spot's prediction by its nucleus count "
-        "(clipped to 1..20), counted on the patch's haematoxylin channel (scikit-image)",
+        description="hematoxylin: multiply each spot's prediction by the authors' factor, its "
+        "nucleus count clipped to 1..20 over the section's (slide's) largest, plus 1; counted "
+        "on the patch's haematoxylin channel (scikit-image)",
     )
     spots_per_step: int = Field(
         10_000,
@@ -308,8 +366,8 @@ class TrainingConfig(_Section):
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("preset") in REGULARISATION_PRESETS:
-            return {**REGULARISATION_PRESETS[data["preset"]], **data}
+        if isinstance(data, dict) and data.get("preset") in TRAINING_PRESETS:
+            return {**TRAINING_PRESETS[data["preset"]], **data}
         return data
 
 
@@ -325,6 +383,15 @@ class OutputsConfig(_Section):
         default_factory=list,
         description="genes drawn as heatmaps and top-patch montages, and written as QuPath "
         "measurements",
+    )
+    min_gene_pearson: float | None = Field(
+        None,
+        ge=-1,
+        le=1,
+        description="leave out of expression.h5ad (and everything drawn from it) the genes "
+        "whose per-gene Pearson in the checkpoint is below this: cv_pearson (held-out "
+        "sections of `hespotex crossval`) when the checkpoint has it, else validation_pearson; "
+        "genes without a score are left out too. null: keep every gene",
     )
     top_patches: int = Field(
         8,
@@ -412,6 +479,17 @@ class PipelineConfig(_Section):
     outputs: OutputsConfig = OutputsConfig()
     cluster: ClusterConfig = ClusterConfig()
     slides_per_job: SlidesPerJob = SlidesPerJob()
+
+    @model_validator(mode="after")
+    def _patch_fits_the_encoder(self) -> PipelineConfig:
+        spec = self.encoder.spec
+        if spec.input_px is not None and self.features.patch_px != spec.input_px:
+            raise ValueError(
+                f"features.patch_px is {self.features.patch_px} but encoder {spec.name} takes "
+                f"{spec.input_px} px patches; set features.patch_px: {spec.input_px} (and "
+                "features.patch_mpp for the field of view you want)"
+            )
+        return self
 
 
 def _format_validation_error(error: ValidationError, source: str) -> str:

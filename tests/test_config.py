@@ -8,24 +8,31 @@ from hespotex.config import load_config, parse_config, read_sample_sheet
 from hespotex.errors import ConfigError
 
 
-def test_documented_defaults_parse_except_the_required_weights():
+def test_documented_defaults_parse_with_the_installed_pretrained_encoder():
+    """config/config.yaml runs as written: its encoder's weights come with hespotex; an
+    encoder whose weights must be given still refuses to run without them."""
     data = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    with pytest.raises(ConfigError, match=r"encoder\.weights is not set"):
-        parse_config(data)
-    data["encoder"]["weights"] = "random"
     config = parse_config(data)
+    assert config.encoder.architecture == "efficientnet-lite0-imagenet"
+    assert config.encoder.uses_packaged_weights and not config.encoder.is_random
     assert config.grid.spacing_um == 100.0
     assert config.grid.layout == "hex"
     assert config.features.patch_px == 224
     assert config.features.patch_mpp == 0.5
     assert config.features.patch_um == pytest.approx(112.0)
     assert config.graph.k == 4
+    assert config.outputs.min_gene_pearson is None
+    data["encoder"]["architecture"] = "quiltnet-b-32"
+    with pytest.raises(ConfigError, match=r"encoder\.weights is not set"):
+        parse_config(data)
 
 
-def test_demo_config_is_valid_and_uses_the_small_random_encoder():
+def test_demo_config_is_valid_and_uses_the_installed_pretrained_encoder():
     config = load_config(REPO / "config" / "demo.yaml")
-    assert config.encoder.architecture == "vit-tiny-32"
-    assert config.encoder.is_random
+    assert config.encoder.architecture == "efficientnet-lite0-imagenet"
+    assert config.encoder.uses_packaged_weights and not config.encoder.is_random
+    assert set(config.outputs.genes) <= set(config.training.include_genes)
+    assert {"ERBB2", "KRT19", "PLANTED_HEMATOXYLIN"} <= set(config.outputs.genes)
 
 
 @pytest.mark.parametrize(

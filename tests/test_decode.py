@@ -6,6 +6,7 @@ import json
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import SVS, TEST_ENCODER
 
@@ -34,6 +35,13 @@ def test_checkpoint_carries_genes_encoder_and_normalisation(trained_checkpoint):
     assert meta.training["validation_section"] == "b4-right"
     model, _ = load_checkpoint(trained_checkpoint)
     assert model.shape.n_genes == 32
+    scores = dict(zip(meta.genes, meta.gene_scores["validation_pearson"], strict=True))
+    assert "b4-right" in meta.gene_score_sources["validation_pearson"]
+    planted = [scores[gene] for gene in meta.genes if gene.startswith("PLANTED")]
+    noise = [scores[gene] for gene in meta.genes if gene.startswith("NOISE")]
+    assert all(-1 <= value <= 1 for value in planted + noise)
+    assert np.mean(planted) > np.mean(noise) + 0.3
+    assert np.mean(planted + noise) == pytest.approx(meta.training["validation_pearson"], abs=1e-3)
 
 
 def test_graph_store_is_symmetric_knn_on_the_feature_coordinates(decoded):
@@ -60,6 +68,86 @@ def test_expression_h5ad_has_what_scanpy_and_squidpy_need(decoded):
     assert adata.uns["hespotex"]["encoder"]["weights"] == "random"
     assert "RANDOM weights" in adata.uns["hespotex"]["encoder_description"]
     assert np.isfinite(adata.X).all() and adata.X.std(axis=0).max() > 0
+    meta = read_checkpoint_meta(adata.uns["hespotex"]["checkpoint"])
+    assert adata.var["validation_pearson"].tolist() == pytest.approx(
+        meta.gene_scores["validation_pearson"]
+    )
+    assert "b4-right" in adata.uns["hespotex"]["gene_scores"]["validation_pearson"]
+
+
+def test_min_gene_pearson_keeps_the_trusted_genes_and_preflight_names_the_dropped(
+    decoded, tmp_path
+):
+    config, paths = decoded
+    meta = read_checkpoint_meta(config.decode.checkpoint)
+    scores = dict(zip(meta.genes, meta.gene_scores["validation_pearson"], strict=True))
+    threshold = float(np.median(list(scores.values())))
+    strict = config.model_copy(
+        update={
+            "results": tmp_path / "results",
+            "outputs": config.outputs.model_copy(update={"min_gene_pearson": threshold}),
+        }
+    )
+    strict_paths = SlidePaths(strict.results, "svs")
+    for name in ("tissue_record", "spots", "features", "graph", "thumbnail"):
+        target = getattr(strict_paths, name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(getattr(paths, name).resolve())
+    run_decode("svs", strict)
+    kept = ad.read_h5ad(strict_paths.expression)
+    assert list(kept.var_names) == [gene for gene in meta.genes if scores[gene] >= threshold]
+    assert (kept.var["validation_pearson"] >= threshold).all() and 0 < kept.n_vars < 32
+    everything = ad.read_h5ad(paths.expression)
+    assert np.allclose(kept.X, everything[:, kept.var_names].X)
+    assert kept.uns["hespotex"]["min_gene_pearson"] == threshold
+    weakest = min(scores, key=scores.get)
+    sheet = tmp_path / "s.tsv"
+    sheet.write_text(f"slide_id\tpath\nsvs\t{SVS}\n")
+    wanting = {
+        "samples": str(sheet),
+        "encoder": TEST_ENCODER,
+        "decode": {"checkpoint": str(config.decode.checkpoint)},
+        "outputs": {"genes": [weakest], "min_gene_pearson": threshold},
+    }
+    with pytest.raises(ConfigError, match=f"{weakest} left out by outputs.min_gene_pearson"):
+        check_run(parse_config(wanting))
+    with pytest.raises(ConfigError, match="leaves no gene"):
+        meta.genes_kept(0.999, config.decode.checkpoint)
+
+
+def test_crossval_scores_travel_into_the_checkpoint_only_from_the_same_encoder(
+    tmp_path, trained_checkpoint
+):
+    from hespotex.training.crossval import with_cv_scores
+
+    meta = read_checkpoint_meta(trained_checkpoint)
+    run = tmp_path / "cv"
+    run.mkdir()
+    genes = meta.genes[:3]
+    rows = [
+        {"section": section, "gene": gene, "pearson": value, "model": model, "seed": 0}
+        for section, values in (("a", (0.2, 0.4, np.nan)), ("b", (0.4, 0.0, np.nan)))
+        for gene, value in zip(genes, values, strict=True)
+        for model in ("hespotex", "ridge")
+    ]
+    rows.append({"section": "a", "gene": genes[0], "pearson": -0.9, "model": "ridge", "seed": 1})
+    pd.DataFrame(rows).to_csv(run / "genes.tsv", sep="\t", index=False)
+    (run / "summary.json").write_text(
+        json.dumps({"encoder_identity": meta.encoder.model_dump(mode="json")})
+    )
+    scored = with_cv_scores(meta, run)
+    cv = dict(zip(scored.genes, scored.gene_scores["cv_pearson"], strict=True))
+    assert cv[genes[0]] == pytest.approx(0.3) and cv[genes[1]] == pytest.approx(0.2)
+    assert cv[genes[2]] is None and cv[meta.genes[5]] is None
+    assert "2 sections × 1 seeds" in scored.gene_score_sources["cv_pearson"]
+    assert scored.trusted_score() == "cv_pearson"
+    assert scored.genes_kept(0.25, "ckpt") == [genes[0]]
+    other = meta.encoder.model_copy(update={"weights_sha256": "f" * 64})
+    (run / "summary.json").write_text(
+        json.dumps({"encoder_identity": other.model_dump(mode="json")})
+    )
+    with pytest.raises(EncoderMismatchError, match="run crossval with the encoder you train"):
+        with_cv_scores(meta, run)
 
 
 def test_scanpy_draws_the_spatial_plot_unchanged(decoded, tmp_path):
@@ -144,7 +232,8 @@ def test_a_checkpoint_scaled_by_nucleus_counts_decodes_with_the_features_stage_c
     tmp_path, decoded, trained_checkpoint
 ):
     """The features stage counts nuclei when the checkpoint asks for it; decode multiplies by
-    the counts clipped to 1..20, and refuses a store written for a checkpoint without them."""
+    the authors' factor (counts clipped to 1..20, over the slide's largest, plus 1), and refuses
+    a store written for a checkpoint without them."""
     from hespotex.errors import InputDataError
     from hespotex.io.stores import read_feature_store
     from hespotex.model.checkpoint import save_checkpoint
@@ -174,14 +263,16 @@ def test_a_checkpoint_scaled_by_nucleus_counts_decodes_with_the_features_stage_c
     assert np.array_equal(counts, np.round(counts)) and counts.min() >= 0
     unscaled = ad.read_h5ad(unscaled_paths.expression).X
     predicted = ad.read_h5ad(paths.expression).X
-    assert np.allclose(predicted, unscaled * np.clip(counts, 1, 20)[:, None], rtol=1e-4, atol=1e-4)
+    clipped = np.clip(counts, 1, 20)
+    factor = clipped / clipped.max() + 1
+    assert np.allclose(predicted, unscaled * factor[:, None], rtol=1e-4, atol=1e-4)
 
 
 def test_a_store_or_checkpoint_of_an_older_hespotex_is_refused_saying_what_to_redo(
     decoded, tmp_path, trained_checkpoint
 ):
-    """Version 1 wrote the encoder as loose attributes and checkpoint fields; both are
-    refused with the file named, not misread."""
+    """Version 1 wrote the encoder as loose attributes and checkpoint fields, version 2 an
+    identity without the encoder's spec; both are refused with the file named, not misread."""
     from safetensors.torch import load_file, save_file
 
     from hespotex.errors import InputDataError
@@ -199,10 +290,13 @@ def test_a_store_or_checkpoint_of_an_older_hespotex_is_refused_saying_what_to_re
         attributes_file.write_text(original)
     meta = json.loads(read_checkpoint_meta(trained_checkpoint).model_dump_json())
     old = tmp_path / "old.safetensors"
-    save_file(
-        load_file(str(trained_checkpoint)),
-        str(old),
-        metadata={"hespotex": json.dumps({**meta, "format_version": 1})},
-    )
-    with pytest.raises(CheckpointError, match=r"old\.safetensors: checkpoint format 1, .* train"):
-        read_checkpoint_meta(old)
+    for version in (1, 2):
+        save_file(
+            load_file(str(trained_checkpoint)),
+            str(old),
+            metadata={"hespotex": json.dumps({**meta, "format_version": version})},
+        )
+        with pytest.raises(
+            CheckpointError, match=rf"old\.safetensors: checkpoint format {version}, .* train"
+        ):
+            read_checkpoint_meta(old)

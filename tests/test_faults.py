@@ -124,7 +124,7 @@ def test_pickled_or_mismatched_checkpoints_are_refused_without_running_them(
     from safetensors.torch import load_file, save_file
 
     meta = read_checkpoint_meta(trained_checkpoint)
-    grown = meta.model_copy(update={"genes": [*meta.genes, "EXTRA"]})
+    grown = meta.model_copy(update={"genes": [*meta.genes, "EXTRA"], "gene_scores": {}})
     mismatched = tmp_path / "mismatched.safetensors"
     save_file(
         load_file(str(trained_checkpoint)), str(mismatched), {"hespotex": grown.model_dump_json()}

@@ -91,7 +91,7 @@ def test_encoder_weights_load_from_safetensors_and_a_clip_state_dict(tmp_path):
     from safetensors.torch import save_file
 
     random_encoder = load_encoder(EncoderConfig(**TEST_ENCODER))
-    tower = {k: v.contiguous() for k, v in random_encoder.tower.state_dict().items()}
+    tower = {k: v.contiguous() for k, v in random_encoder.tower.network.state_dict().items()}
     weights = tmp_path / "tower.safetensors"
     save_file(tower, str(weights))
     loaded = load_encoder(EncoderConfig(architecture="vit-tiny-32", weights=str(weights)))
@@ -112,7 +112,7 @@ def test_weights_that_do_not_fit_or_carry_pickled_code_are_refused(tmp_path):
     from safetensors.torch import save_file
 
     save_file({"layer.weight": torch.zeros(2, 2)}, str(wrong))
-    with pytest.raises(InputDataError, match="do not fit vit-tiny-32"):
+    with pytest.raises(InputDataError, match="do not fit encoder vit-tiny-32"):
         load_encoder(EncoderConfig(architecture="vit-tiny-32", weights=str(wrong)))
     payload = tmp_path / "payload.pt"
     torch.save({"weights": torch.zeros(1), "hook": _PickledCode()}, payload)

@@ -1,8 +1,8 @@
 """The package's layers, checked on its source: no import goes upward, and none goes round.
 
-Layers, bottom to top: the root modules (errors, units, config, paths), io, model, stages,
-outputs, training, cli. A module may import its own layer and those below it; lazy imports
-inside functions count too, since they run all the same.
+Layers, bottom to top: the root modules (errors, units, encoder_specs, config, paths), io,
+model, stages, outputs, training, cli. A module may import its own layer and those below it;
+lazy imports inside functions count too, since they run all the same.
 """
 
 from __future__ import annotations

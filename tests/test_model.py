@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from hespotex.model.spot_graph import knn_edges
@@ -7,6 +8,7 @@ from hespotex.model.streams import (
     ImageStreamShape,
     StagateAttentionConv,
     neighbour_mean,
+    nucleus_scale,
     scale_by_nuclei,
 )
 
@@ -112,8 +114,10 @@ def test_autoencoder_decoder_uses_the_encoder_weights_transposed():
     assert not torch.allclose(encoder_only, model.conv1.weight.grad)
 
 
-def test_nucleus_counts_scale_predictions_clipped_to_1_to_20():
+def test_nucleus_counts_scale_predictions_as_the_authors_do():
+    """clip(count, 1, 20) / its largest + 1, over the section (the authors' dataset code)."""
     genes = torch.ones(4, 2)
-    scaled = scale_by_nuclei(genes, torch.tensor([0.0, 5.0, 20.0, 80.0]))
-    assert scaled[:, 0].tolist() == [1.0, 5.0, 20.0, 20.0]
+    scale = nucleus_scale(torch.tensor([0.0, 5.0, 20.0, 80.0]))
+    assert scale_by_nuclei(genes, scale)[:, 0].tolist() == pytest.approx([1.05, 1.25, 2.0, 2.0])
+    assert nucleus_scale(torch.tensor([2.0, 4.0])).tolist() == [1.5, 2.0]
     assert scale_by_nuclei(genes, None) is genes

@@ -89,6 +89,8 @@ def test_qc_json_records_spots_area_resolution_identities_and_stage_timings(
     assert qc["stain_normalisation"]["method"] == "none"
     assert qc["stain_normalisation"]["description"] == "no stain normalisation"
     assert qc["stain_normalisation"]["measured_on_slide"] is None
+    assert qc["checkpoint"]["genes_kept"] == qc["checkpoint"]["genes"] == 32
+    assert -1 < qc["checkpoint"]["gene_scores"]["validation_pearson"]["median"] < 1
     assert set(qc["timings"]) == set(STAGES)
     assert all(entry["seconds"] >= 0.01 for entry in qc["timings"].values())
     assert all(entry["peak_rss_mb"] > 50 for entry in qc["timings"].values())
@@ -111,6 +113,20 @@ def test_heatmap_draws_square_cells_on_a_square_grid(decoded, tmp_path):
     }
     assert pixels["hex"].shape == pixels["square"].shape
     assert not np.array_equal(pixels["hex"], pixels["square"])
+
+
+def test_heatmap_titles_say_how_far_each_gene_is_trusted():
+    import pandas as pd
+
+    from hespotex.outputs.heatmaps import gene_trust
+
+    var = pd.DataFrame(
+        {"validation_pearson": [0.456, np.nan], "cv_pearson": [0.312, np.nan]},
+        index=["ERBB2", "NOISE_01"],
+    )
+    assert gene_trust(var, "ERBB2") == " (cv r = 0.31, validation r = 0.46)"
+    assert gene_trust(var, "NOISE_01") == ""
+    assert gene_trust(pd.DataFrame(index=["ERBB2"]), "ERBB2") == ""
 
 
 def test_qupath_geojson_has_spots_at_true_size_with_expression_and_the_tissue(decoded):

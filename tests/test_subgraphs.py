@@ -10,7 +10,12 @@ from torch.nn import functional
 
 from hespotex.model.blocks import spatial_cores, spot_blocks
 from hespotex.model.spot_graph import knn_edges
-from hespotex.model.streams import ExpressionAutoencoder, ImageStream, ImageStreamShape
+from hespotex.model.streams import (
+    ExpressionAutoencoder,
+    ImageStream,
+    ImageStreamShape,
+    nucleus_scale,
+)
 from hespotex.training.data import SectionTensors, section_blocks
 from hespotex.training.loops import (
     accumulate_autoencoder_gradients,
@@ -84,7 +89,7 @@ def section_in_blocks(core_spots: int, nucleus_counts: bool = False) -> SectionT
         features=torch.randn(N_SPOTS, 16, generator=generator),
         decoder_blocks=decoder_blocks,
         gate_blocks=gate_blocks,
-        nucleus_counts=torch.randint(0, 25, (N_SPOTS,), generator=generator).float()
+        nucleus_scale=nucleus_scale(torch.randint(0, 25, (N_SPOTS,), generator=generator))
         if nucleus_counts
         else None,
         latent=torch.randn(N_SPOTS, 8, generator=generator),
@@ -149,7 +154,7 @@ def test_image_stream_step_in_blocks_is_the_whole_graph_step(nucleus_counts):
     section = section_in_blocks(N_SPOTS, nucleus_counts)
     with torch.no_grad():
         expected, latent = model(
-            section.features, section.decoder_blocks[0].edge_index, section.nucleus_counts
+            section.features, section.decoder_blocks[0].edge_index, section.nucleus_scale
         )
     assert whole[0][0].item() == pytest.approx(
         1 - pearson_rows(section.latent, latent).mean().item(), rel=1e-5

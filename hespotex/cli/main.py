@@ -112,6 +112,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     config = _config(args)
     resume = args.out.with_name(args.out.name + ".resume.pt")
     model, meta = train(read_sections_sheet(args.sections), args.validation, config, resume)
+    if args.gene_scores is not None:
+        from hespotex.training.crossval import with_cv_scores
+
+        meta = with_cv_scores(meta, args.gene_scores)
     save_checkpoint(args.out, model, meta)
     logger.info(
         "wrote checkpoint %s: %d genes, trained on %s",
@@ -229,6 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", type=Path, required=True, help="pipeline config YAML")
     train.add_argument("--out", type=Path, required=True, help="checkpoint (.safetensors)")
     train.add_argument("--validation", help="section_id used to choose the epoch")
+    train.add_argument(
+        "--gene-scores",
+        type=Path,
+        help="a `hespotex crossval` output folder (same encoder): each gene's held-out Pearson "
+        "goes into the checkpoint as cv_pearson",
+    )
     train.set_defaults(handler=cmd_train)
 
     evaluate = _add_scoring(

@@ -2,8 +2,8 @@
 
 Called by the Snakefile at parse time and by `hespotex check`: the sample sheet, the encoder
 weights file, and the checkpoint (readable, trained on this encoder and stain normalisation,
-patch geometry and graph k as configured, output genes among its genes), and the SpatialData
-interpreter when asked for.
+patch geometry and graph k as configured, output genes among the genes it predicts and keeps
+under ``outputs.min_gene_pearson``), and the SpatialData interpreter when asked for.
 """
 
 from __future__ import annotations
@@ -48,6 +48,14 @@ def check_run(config: PipelineConfig) -> dict[str, SampleRow]:
     if unknown:
         raise ConfigError(
             f"outputs.genes: {', '.join(unknown)} not predicted by checkpoint {checkpoint}"
+        )
+    kept = set(meta.genes_kept(config.outputs.min_gene_pearson, checkpoint))
+    dropped = [gene for gene in config.outputs.genes if gene not in kept]
+    if dropped:
+        raise ConfigError(
+            f"outputs.genes: {', '.join(dropped)} left out by outputs.min_gene_pearson "
+            f"{config.outputs.min_gene_pearson} (their {meta.trusted_score()} in checkpoint "
+            f"{checkpoint} is lower or missing)"
         )
     if config.outputs.spatialdata:
         check_spatialdata_python(config.outputs.spatialdata_python)

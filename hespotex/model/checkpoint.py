@@ -5,7 +5,10 @@ code. The header carries the gene list, shapes, the identity of the encoder that
 features and their patch geometry, the graph k and the expression normalisation; decoding
 features of any other encoder is refused. A checkpoint trained on stain-normalised patches also
 carries the normalisation (method and the target's stain statistics, ``StainSetting``): the
-target of ``stain.target: checkpoint``, and what its features must have been made with.
+target of ``stain.target: checkpoint``, and what its features must have been made with. It
+also carries how far each gene can be trusted: per-gene Pearson on the validation section
+(``validation_pearson``) and, when given, on the held-out sections of ``hespotex crossval``
+(``cv_pearson``).
 """
 
 from __future__ import annotations
@@ -14,10 +17,11 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from hespotex import __version__
-from hespotex.errors import CheckpointError
+from hespotex.config import LibrarySize
+from hespotex.errors import CheckpointError, ConfigError
 from hespotex.io.atomic import atomic_path
 from hespotex.model.identity import EncoderIdentity, check_same_encoder
 from hespotex.model.stain import StainSetting, check_same_stain
@@ -26,8 +30,11 @@ if TYPE_CHECKING:
     from hespotex.model.streams import ImageStream, ImageStreamShape
 
 METADATA_KEY = "hespotex"
-# 2: the encoder as an EncoderIdentity, the patch geometry beside it.
-FORMAT_VERSION = 2
+# 2: the encoder as an EncoderIdentity, the patch geometry beside it. 3: the identity from the
+# encoder's spec; library size; per-gene scores; the authors' nucleus factor.
+FORMAT_VERSION = 3
+# Per-gene scores a checkpoint may carry, the most trusted first.
+GENE_SCORES = ("cv_pearson", "validation_pearson")
 
 
 class CheckpointMeta(BaseModel):
@@ -46,12 +53,53 @@ class CheckpointMeta(BaseModel):
     patch_mpp: float
     normalisation: str = "cpm_log1p"
     target_sum: float = 1e6
+    library_size: LibrarySize = LibrarySize.ALL_GENES
     nucleus_counter: str = "none"
     # Absent from checkpoints trained before stain normalisation: they were trained without.
     stain: StainSetting = StainSetting()
     trained_on: list[str]
     hespotex_version: str = __version__
     training: dict[str, Any] = {}
+    gene_scores: dict[str, list[float | None]] = {}
+    gene_score_sources: dict[str, str] = {}
+
+    @model_validator(mode="after")
+    def _scores_fit_the_genes(self) -> CheckpointMeta:
+        for name, scores in self.gene_scores.items():
+            if name not in GENE_SCORES:
+                raise ValueError(f"unknown gene score {name}; known: {', '.join(GENE_SCORES)}")
+            if len(scores) != len(self.genes):
+                raise ValueError(f"{name} has {len(scores)} values for {len(self.genes)} genes")
+        return self
+
+    def trusted_score(self) -> str | None:
+        """The score ``outputs.min_gene_pearson`` reads: held-out sections' if present."""
+        return next((name for name in GENE_SCORES if name in self.gene_scores), None)
+
+    def genes_kept(self, min_pearson: float | None, checkpoint: Path | str) -> list[str]:
+        """The genes whose trusted score reaches ``min_pearson`` (all genes without one); a
+        gene without a score is dropped."""
+        if min_pearson is None:
+            return list(self.genes)
+        score = self.trusted_score()
+        if score is None:
+            raise ConfigError(
+                f"outputs.min_gene_pearson is set but checkpoint {checkpoint} carries no "
+                "per-gene scores: train it again with --validation (or --gene-scores)"
+            )
+        values = self.gene_scores[score]
+        kept = [
+            gene
+            for gene, value in zip(self.genes, values, strict=True)
+            if value is not None and value >= min_pearson
+        ]
+        if not kept:
+            best = max((value for value in values if value is not None), default=None)
+            raise ConfigError(
+                f"outputs.min_gene_pearson {min_pearson} leaves no gene of checkpoint "
+                f"{checkpoint} (its best {score} is {best})"
+            )
+        return kept
 
     @property
     def shape(self) -> ImageStreamShape:

@@ -1,10 +1,14 @@
-"""The frozen image encoder: built locally, weights from a local file, never from a hub.
+"""The frozen image encoder, built from its spec (``hespotex.encoder_specs``) by one loader.
 
-``vit-b-32`` is OpenCLIP's ViT-B/32 vision tower with QuickGELU, the architecture of QuiltNet
-used by the paper; a QuiltNet ``open_clip_pytorch_model.bin`` (full CLIP state dict) or a
-vision-tower-only file loads into it. ``vit-tiny-32`` is the same design at demo size. Weights
-load without unpickling code: safetensors, or ``torch.load(weights_only=True)``.
-Features are L2-normalised, as CLIP's ``encode_image(normalize=True)`` returns them.
+Three libraries build networks from data: timm (``create_model`` with the spec's keyword
+arguments), open_clip (a vision tower from its model config, the arguments overriding the
+vision config) and Hugging Face transformers (a model from its ``model_type`` config); the
+weights-free stain statistics need none. The network's output is pooled as the spec says
+(class token, class token beside the mean of the patch tokens, their mean, or the network's own
+pooled output). Weights load without unpickling code (safetensors, or
+``torch.load(weights_only=True)``), are mapped onto the network's keys by the spec's layout
+(prefixes, renames, ignored keys, or by position for a file in another naming), and a file
+whose keys or shapes do not fit is refused naming the encoder and the keys.
 """
 
 from __future__ import annotations
@@ -16,68 +20,146 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hespotex.config import EncoderArchitecture, EncoderConfig
+from hespotex.config import EncoderConfig
+from hespotex.encoder_specs import STAIN_STATS_DIM, EncoderSpec, Family, Pooling, WeightsLayout
 from hespotex.errors import ConfigError, InputDataError
-from hespotex.model.identity import (
-    CLIP_EMBED_DIM,
-    STAIN_STATS_DIM,
-    EncoderIdentity,
-    encoder_identity,
-)
+from hespotex.model.identity import EncoderIdentity, encoder_identity, weights_path
 
 logger = logging.getLogger(__name__)
 
-_VISION_CONFIGS = {
-    EncoderArchitecture.VIT_B_32: {"image_size": 224, "layers": 12, "width": 768, "patch_size": 32},
-    EncoderArchitecture.VIT_TINY_32: {
-        "image_size": 224,
-        "layers": 4,
-        "width": 192,
-        "head_width": 64,
-        "patch_size": 32,
-    },
-}
+SHOWN_KEYS = 6
 
 
 class ImageEncoder(nn.Module):
-    """Takes RGB in [0, 1]. ViTs see it normalised and return unit-length vectors; the
-    statistics encoder sees raw RGB and returns its statistics."""
+    """Takes RGB in [0, 1]. Networks see it normalised with the spec's mean and std and return
+    pooled features (unit-length where the spec says so); the statistics encoder sees raw RGB
+    and returns its statistics."""
 
-    def __init__(self, tower: nn.Module, identity: EncoderIdentity):
+    def __init__(self, tower: nn.Module, spec: EncoderSpec, identity: EncoderIdentity):
         super().__init__()
         self.tower = tower
         self.identity = identity
-        self.register_buffer("mean", torch.tensor(identity.mean).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(identity.std).view(1, 3, 1, 1))
+        self.raw_input = spec.family is Family.STAIN_STATS
+        self.l2_normalise = spec.l2_normalise
+        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.tower, StainStatistics):
+        if self.raw_input:
             return self.tower(images)
-        features = self.tower((images - self.mean) / self.std)
-        return nn.functional.normalize(features.float(), dim=-1)
+        features = self.tower((images - self.mean) / self.std).float()
+        return nn.functional.normalize(features, dim=-1) if self.l2_normalise else features
 
 
-def build_tower(architecture: EncoderArchitecture) -> nn.Module:
-    return _open_clip_tower_builder()(
-        CLIP_EMBED_DIM, _VISION_CONFIGS[architecture], quick_gelu=True
+class PooledNetwork(nn.Module):
+    """A network and its pooling: normalised images → one vector per patch. ``network`` is the
+    module the weights file loads into."""
+
+    def __init__(self, network: nn.Module, spec: EncoderSpec, prefix_tokens: int):
+        super().__init__()
+        self.network = network
+        self.family = spec.family
+        self.pooling = spec.pooling
+        self.prefix_tokens = prefix_tokens
+
+    def tokens(self, images: torch.Tensor) -> torch.Tensor:
+        if self.family is Family.TRANSFORMERS:
+            return self.network(pixel_values=images).last_hidden_state
+        return self.network.forward_features(images)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.pooling is Pooling.POOLED:
+            if self.family is Family.TRANSFORMERS:
+                return self.network(pixel_values=images).pooler_output
+            return self.network(images)
+        tokens = self.tokens(images)
+        cls, patches = tokens[:, 0], tokens[:, self.prefix_tokens :]
+        if self.pooling is Pooling.CLS:
+            return cls
+        if self.pooling is Pooling.MEAN:
+            return patches.mean(dim=1)
+        return torch.cat([cls, patches.mean(dim=1)], dim=-1)
+
+
+def _layer(name: str) -> type[nn.Module]:
+    """A layer class named in a spec (one of ``LAYER_NAMES``): timm's, else torch's."""
+    import timm.layers
+
+    return getattr(timm.layers, name, None) or getattr(nn, name)
+
+
+def _timm_network(spec: EncoderSpec) -> tuple[nn.Module, int]:
+    import timm
+
+    # num_classes 0: no classifier, the network ends at its pooled features.
+    kwargs = {"num_classes": 0} | {
+        key: _layer(value) if key in ("mlp_layer", "act_layer", "norm_layer") else value
+        for key, value in spec.model_kwargs.items()
+    }
+    try:
+        network = timm.create_model(spec.model, pretrained=False, **kwargs)
+    except (RuntimeError, TypeError, ValueError) as error:
+        raise ConfigError(f"encoder {spec.name}: timm cannot build {spec.model}: {error}") from None
+    return network, getattr(network, "num_prefix_tokens", 1)
+
+
+def _open_clip_network(spec: EncoderSpec) -> tuple[nn.Module, int]:
+    if spec.pooling is not Pooling.POOLED:
+        raise ConfigError(
+            f"encoder {spec.name}: an open_clip vision tower gives its image embedding; "
+            "set pooling: pooled"
+        )
+    get_model_config, build_vision_tower = _open_clip_builders()
+    model_config = get_model_config(spec.model)
+    if model_config is None:
+        raise ConfigError(f"encoder {spec.name}: open_clip has no model {spec.model}")
+    vision = {**model_config["vision_cfg"], **spec.model_kwargs}
+    tower = build_vision_tower(
+        model_config["embed_dim"], vision, quick_gelu=model_config.get("quick_gelu", False)
     )
+    return tower, 0
 
 
-def _open_clip_tower_builder():
-    """open_clip's vision-tower builder, imported without Hugging Face transformers: open_clip
-    imports it for text towers we never build, and with transformers 5 that costs ≈ 8 s per
-    process on the GPU machine (1.5 s here) — per slide, since every features job is a
-    process. open_clip treats transformers as optional; a later ``import transformers`` by
-    the caller works as usual."""
+def _open_clip_builders():
+    """open_clip's model configs and vision-tower builder, imported without Hugging Face
+    transformers: open_clip imports it for text towers we never build, and with transformers 5
+    that costs ≈ 8 s per process on the GPU machine (1.5 s here) — per slide, since every
+    features job is a process. open_clip treats transformers as optional; a later
+    ``import transformers`` by the caller works as usual."""
     blocked = "transformers" not in sys.modules
     if blocked:
         sys.modules["transformers"] = None
     try:
+        from open_clip.factory import get_model_config
         from open_clip.model import _build_vision_tower
     finally:
         if blocked:
             del sys.modules["transformers"]
-    return _build_vision_tower
+    return get_model_config, _build_vision_tower
+
+
+def _transformers_network(spec: EncoderSpec) -> tuple[nn.Module, int]:
+    from transformers import AutoConfig, AutoModel
+
+    try:
+        model_config = AutoConfig.for_model(spec.model, **spec.model_kwargs)
+    except ValueError as error:
+        raise ConfigError(f"encoder {spec.name}: transformers: {error}") from None
+    network = AutoModel.from_config(model_config)
+    return network, 1 + getattr(model_config, "num_register_tokens", 0)
+
+
+_BUILDERS = {
+    Family.TIMM: _timm_network,
+    Family.OPEN_CLIP: _open_clip_network,
+    Family.TRANSFORMERS: _transformers_network,
+}
+
+
+def build_network(spec: EncoderSpec) -> PooledNetwork:
+    """The spec's network with random weights, and its pooling."""
+    network, prefix_tokens = _BUILDERS[spec.family](spec)
+    return PooledNetwork(network, spec, prefix_tokens)
 
 
 # Ruifrok & Johnston's stain vectors, as scikit-image's rgb2hed uses them.
@@ -157,37 +239,78 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _vision_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Accept a whole CLIP state dict (QuiltNet's file) or the vision tower alone."""
-    for prefix in ("module.visual.", "visual."):
+def _shown(keys) -> str:
+    keys = sorted(keys)
+    more = f" and {len(keys) - SHOWN_KEYS} more" if len(keys) > SHOWN_KEYS else ""
+    return ", ".join(keys[:SHOWN_KEYS]) + more
+
+
+def map_keys(
+    state: dict[str, torch.Tensor],
+    expected: dict[str, torch.Tensor],
+    layout: WeightsLayout,
+    name: str,
+    path: Path,
+) -> dict[str, torch.Tensor]:
+    """The file's tensors under the network's key names, as the layout says; a file that does
+    not fit is refused naming the encoder and the missing, unexpected or misshapen keys."""
+    for prefix in layout.prefixes:
         if any(key.startswith(prefix) for key in state):
-            return {
+            state = {
                 key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)
             }
+            break
+    for old, new in layout.renames.items():
+        state = {
+            (new + key[len(old) :] if key.startswith(old) else key): value
+            for key, value in state.items()
+        }
+    state = {key: value for key, value in state.items() if key not in layout.ignored}
+    if layout.by_position:
+        if len(state) != len(expected):
+            raise InputDataError(
+                path,
+                f"weights do not fit encoder {name}: {len(state)} tensors, the network has "
+                f"{len(expected)} (matched by position)",
+            )
+        state = dict(zip(expected, state.values(), strict=True))
+    missing = expected.keys() - state.keys()
+    unexpected = state.keys() - expected.keys()
+    misshapen = [
+        f"{key} {tuple(state[key].shape)} for {tuple(value.shape)}"
+        for key, value in expected.items()
+        if key in state and state[key].shape != value.shape
+    ]
+    if missing or unexpected or misshapen:
+        problems = [
+            f"missing {len(missing)} key(s): {_shown(missing)}" if missing else "",
+            f"unexpected {len(unexpected)} key(s): {_shown(unexpected)}" if unexpected else "",
+            f"{len(misshapen)} shape(s) differ: {_shown(misshapen)}" if misshapen else "",
+        ]
+        raise InputDataError(
+            path,
+            f"weights do not fit encoder {name}: " + "; ".join(p for p in problems if p),
+        )
     return state
 
 
 def load_encoder(config: EncoderConfig) -> ImageEncoder:
+    spec = config.spec
     identity = encoder_identity(config)
-    if not config.architecture.needs_weights:
-        return ImageEncoder(StainStatistics(), identity).eval()
+    if not spec.needs_weights:
+        return ImageEncoder(StainStatistics(), spec, identity).eval()
     if config.is_random:
         torch.manual_seed(config.seed)
-        tower = build_tower(config.architecture)
+        tower = build_network(spec)
         logger.warning(
             "encoder %s uses RANDOM weights (seed %d): features carry no pretrained knowledge",
-            config.architecture.value,
+            spec.name,
             config.seed,
         )
     else:
-        path = Path(config.weights)
-        state = _vision_keys(read_state_dict(path))
-        tower = build_tower(config.architecture)
-        missing, unexpected = tower.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise InputDataError(
-                path,
-                f"weights do not fit {config.architecture.value}: missing {sorted(missing)[:5]}, "
-                f"unexpected {sorted(unexpected)[:5]}",
-            )
-    return ImageEncoder(tower, identity).eval()
+        path = weights_path(config)
+        state = read_state_dict(path)
+        tower = build_network(spec)
+        expected = tower.network.state_dict()
+        tower.network.load_state_dict(map_keys(state, expected, spec.weights, spec.name, path))
+    return ImageEncoder(tower, spec, identity).eval()

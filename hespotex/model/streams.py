@@ -58,12 +58,19 @@ def _head(in_dim: int, out_dim: int, dropout: float) -> nn.Sequential:
 NUCLEUS_COUNT_RANGE = (1.0, 20.0)
 
 
-def scale_by_nuclei(genes: torch.Tensor, nucleus_counts: torch.Tensor | None) -> torch.Tensor:
-    """The paper's optional cell-count scaling: each spot's prediction × its nucleus count,
-    clipped to 1..20 so empty or crowded patches neither vanish nor explode."""
-    if nucleus_counts is None:
+def nucleus_scale(nucleus_counts: torch.Tensor) -> torch.Tensor:
+    """The authors' cell-count factor from the nucleus counts of one section (or slide): each
+    count clipped to 1..20, divided by the largest of them, plus 1 (common/dataset.py of their
+    code). The factor lies in (1, 2]: crowded spots are raised at most twofold."""
+    clipped = nucleus_counts.float().clamp(*NUCLEUS_COUNT_RANGE)
+    return clipped / clipped.max() + 1
+
+
+def scale_by_nuclei(genes: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """Each spot's prediction × its ``nucleus_scale`` factor (none: unscaled)."""
+    if scale is None:
         return genes
-    return genes * nucleus_counts.clamp(*NUCLEUS_COUNT_RANGE).unsqueeze(1).to(genes.dtype)
+    return genes * scale.unsqueeze(1).to(genes.dtype)
 
 
 @dataclass(frozen=True)
@@ -125,11 +132,11 @@ class ImageStream(nn.Module):
         self,
         features: torch.Tensor,
         edge_index: torch.Tensor,
-        nucleus_counts: torch.Tensor | None = None,
+        nucleus_scale: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         latent = self.latent(features)
         genes = self.genes_from(latent, self.graph_steps(latent, edge_index))
-        return scale_by_nuclei(genes, nucleus_counts), latent
+        return scale_by_nuclei(genes, nucleus_scale), latent
 
     def spots_per_chunk(self, activation_bytes: int = CHUNK_ACTIVATION_BYTES) -> int:
         """Spots whose LSTM and gene-head activations (per spot, at float32: 4 steps × 2
@@ -144,7 +151,7 @@ class ImageStream(nn.Module):
         features: torch.Tensor,
         edge_index: torch.Tensor,
         spot_chunk: int | None = None,
-        nucleus_counts: torch.Tensor | None = None,
+        nucleus_scale: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Whole-slide prediction: the graph layers see every spot; the LSTM and gene head,
         whose activations are N × G, run a chunk of spots at a time (``spots_per_chunk``
@@ -160,7 +167,7 @@ class ImageStream(nn.Module):
                 )
             ]
         )
-        return scale_by_nuclei(genes, None if nucleus_counts is None else nucleus_counts.cpu())
+        return scale_by_nuclei(genes, None if nucleus_scale is None else nucleus_scale.cpu())
 
 
 AttentionScores = tuple[torch.Tensor, torch.Tensor]

@@ -13,6 +13,17 @@ from hespotex.outputs.figures import plt, save_figure
 from hespotex.stages.tiles import spot_outline
 
 
+def gene_trust(var, gene: str) -> str:
+    """The gene's scores from the checkpoint (``var``), for a figure title: how far the map
+    can be trusted is read beside it."""
+    scores = [
+        f"{name.replace('_pearson', '')} r = {var.at[gene, name]:.2f}"
+        for name in ("cv_pearson", "validation_pearson")
+        if name in var.columns and np.isfinite(var.at[gene, name])
+    ]
+    return f" ({', '.join(scores)})" if scores else ""
+
+
 def write_heatmap(path: Path, adata: ad.AnnData, library_id: str, gene: str, layout: str) -> None:
     """The H&E thumbnail beside the spots coloured by ``gene`` over a faded copy of it, each
     spot drawn as the cell it owns in the grid (hexagon or square), so they tile the tissue."""
@@ -35,7 +46,7 @@ def write_heatmap(path: Path, adata: ad.AnnData, library_id: str, gene: str, lay
     tissue_axes.set_title(f"{library_id}: H&E")
     axes.imshow(image, alpha=0.5)
     axes.add_collection(collection)
-    axes.set_title(f"predicted {gene}")
+    axes.set_title(f"predicted {gene}{gene_trust(adata.var, gene)}")
     for panel in (tissue_axes, axes):
         panel.set_xlim(0, width)
         panel.set_ylim(height, 0)

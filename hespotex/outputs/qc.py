@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
+
 from hespotex import __version__
 from hespotex.config import PipelineConfig
 from hespotex.io.atomic import write_json
@@ -114,7 +116,16 @@ def write_slide_qc(config: PipelineConfig, slide_id: str) -> dict:
             "path": str(checkpoint),
             "sha256": cached_sha256(checkpoint),
             "genes": len(meta.genes),
+            "genes_kept": len(meta.genes_kept(config.outputs.min_gene_pearson, checkpoint)),
             "trained_on": meta.trained_on,
+            "gene_scores": {
+                name: {
+                    "source": meta.gene_score_sources.get(name, ""),
+                    "median": float(np.median([value for value in values if value is not None])),
+                }
+                for name, values in meta.gene_scores.items()
+                if any(value is not None for value in values)
+            },
         },
         "timings": {
             stage: {"seconds": entry["seconds"], "peak_rss_mb": entry["peak_rss_mb"]}

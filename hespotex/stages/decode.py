@@ -2,7 +2,9 @@
 
 The AnnData is what scanpy and squidpy users expect from Visium: spots × genes,
 ``obsm['spatial']`` in level-0 pixels, and ``uns['spatial'][slide_id]`` with the thumbnail
-(as ``hires``) and its scale factor, so ``scanpy.pl.spatial`` draws it unchanged. Spot
+(as ``hires``) and its scale factor, so ``scanpy.pl.spatial`` draws it unchanged. ``var`` holds
+each gene's scores from the checkpoint (``validation_pearson``, ``cv_pearson``), and
+``outputs.min_gene_pearson`` leaves out the genes below it. Spot
 diameter is the grid spacing, so spots drawn at that size tile the tissue. What is drawn from
 it (heatmaps, top patches, QuPath GeoJSON, qc.json) is ``hespotex.outputs``' work.
 
@@ -36,7 +38,7 @@ from hespotex.model.checkpoint import (
 from hespotex.model.identity import EncoderIdentity
 from hespotex.model.runners import pick_device
 from hespotex.model.stain import StainSetting
-from hespotex.model.streams import ImageStream
+from hespotex.model.streams import ImageStream, nucleus_scale
 from hespotex.paths import SlidePaths
 from hespotex.stages.tiles import read_spots
 from hespotex.stages.tissue import TissueRecord
@@ -44,9 +46,20 @@ from hespotex.stages.tissue import TissueRecord
 logger = logging.getLogger(__name__)
 
 
+def gene_table(meta: CheckpointMeta) -> pd.DataFrame:
+    """``var``: one row per gene, a column per score the checkpoint carries (NaN: none)."""
+    return pd.DataFrame(
+        {
+            name: np.array([np.nan if value is None else value for value in values], dtype=float)
+            for name, values in meta.gene_scores.items()
+        },
+        index=pd.Index(meta.genes, name=None),
+    )
+
+
 def build_anndata(
     prediction: np.ndarray,
-    genes: list[str],
+    var: pd.DataFrame,
     spots: pd.DataFrame,
     record: TissueRecord,
     thumbnail: np.ndarray,
@@ -55,11 +68,7 @@ def build_anndata(
 ) -> ad.AnnData:
     obs = spots.set_index("spot_id")
     obs.index.name = None
-    adata = ad.AnnData(
-        X=prediction.astype(np.float32),
-        obs=obs,
-        var=pd.DataFrame(index=pd.Index(genes, name=None)),
-    )
+    adata = ad.AnnData(X=prediction.astype(np.float32), obs=obs, var=var)
     adata.obsm["spatial"] = spots[["x_px", "y_px"]].to_numpy(dtype=np.float64)
     adata.uns["spatial"] = {
         record.slide_id: {
@@ -134,12 +143,13 @@ def run_decode(
             meta.graph_k,
         )
     nucleus_counts = nucleus_counts_for(meta, store, paths.features)
+    scale = None if nucleus_counts is None else nucleus_scale(torch.from_numpy(nucleus_counts))
     device = next(model.parameters()).device
     prediction = model.predict(
         torch.from_numpy(store.features).to(device),
         torch.from_numpy(edge_index).to(device),
         config.decode.spot_chunk,
-        None if nucleus_counts is None else torch.from_numpy(nucleus_counts),
+        scale,
     ).numpy()
     step = config.outputs.expression_step
     if step:
@@ -159,10 +169,22 @@ def run_decode(
         "spot_spacing_um": config.grid.spacing_um,
         "patch_um": config.features.patch_um,
         "trained_on": meta.trained_on,
+        "gene_scores": meta.gene_score_sources,
+        "min_gene_pearson": config.outputs.min_gene_pearson,
     }
+    kept = meta.genes_kept(config.outputs.min_gene_pearson, config.decode.checkpoint)
+    if len(kept) < len(meta.genes):
+        logger.info(
+            "outputs.min_gene_pearson %s: keeping %d of %d genes (by %s)",
+            config.outputs.min_gene_pearson,
+            len(kept),
+            len(meta.genes),
+            meta.trusted_score(),
+        )
+    columns = pd.Index(meta.genes).get_indexer(kept)
     adata = build_anndata(
-        prediction,
-        meta.genes,
+        prediction[:, columns],
+        gene_table(meta).loc[kept],
         spots,
         record,
         thumbnail,

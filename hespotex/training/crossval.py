@@ -9,11 +9,13 @@ training sections' stain (``stain.target: checkpoint``) the target differs per f
 sections are encoded once per fold, each normalised to that fold's training sections' stain
 as its checkpoint would be. Written: ``folds.tsv`` (one row
 per fold and seed), ``genes.tsv`` (per-gene scores), ``summary.json`` and ``summary.md``
-(per fold and overall, mean ± sd over seeds).
+(per fold and overall, mean ± sd over seeds). ``hespotex train --gene-scores`` copies each
+gene's mean held-out Pearson into the checkpoint it trains (``cv_pearson``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,10 +23,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hespotex.config import PipelineConfig
+from hespotex.config import LibrarySize, PipelineConfig
 from hespotex.errors import InputDataError
 from hespotex.io.atomic import atomic_path, write_json, write_tsv
+from hespotex.model.checkpoint import CheckpointMeta
 from hespotex.model.encoders import load_encoder
+from hespotex.model.identity import EncoderIdentity, check_same_encoder
 from hespotex.model.runners import TorchRunner, pick_device
 from hespotex.training.data import (
     EncodedSection,
@@ -64,9 +68,10 @@ def ridge_scores(
     validation: str,
     training: list[str],
     top_genes: int,
+    library_size: LibrarySize = LibrarySize.ALL_GENES,
 ) -> pd.DataFrame:
     def expression(section_id: str) -> np.ndarray:
-        return sections[section_id].section.log_expression(genes)
+        return sections[section_id].section.log_expression(genes, library_size=library_size)
 
     probe = fit_ridge_probe(
         [sections[section_id].features for section_id in training],
@@ -81,6 +86,54 @@ def ridge_scores(
         probe.predict(held_out.features),
         held_out.section.centres_px,
         top_genes,
+    )
+
+
+def with_cv_scores(meta: CheckpointMeta, path: Path) -> CheckpointMeta:
+    """``meta`` with each gene's mean held-out Pearson from a ``hespotex crossval`` run (its
+    folder, or its genes.tsv): HESpotEx's rows over every fold and seed that scored the gene;
+    None for a gene no fold chose. The run must have used the checkpoint's encoder."""
+    path = Path(path)
+    table_path = path / "genes.tsv" if path.is_dir() else path
+    try:
+        table = pd.read_csv(table_path, sep="\t")
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        raise InputDataError(table_path, f"not a crossval genes.tsv: {error}") from None
+    missing = {"gene", "pearson", "model"} - set(table.columns)
+    if missing:
+        raise InputDataError(
+            table_path, f"not a crossval genes.tsv: no column(s) {', '.join(sorted(missing))}"
+        )
+    summary_path = table_path.with_name("summary.json")
+    if summary_path.is_file():
+        record = json.loads(summary_path.read_text()).get("encoder_identity")
+        check_same_encoder(
+            summary_path,
+            EncoderIdentity.from_record(record, summary_path),
+            "the checkpoint",
+            meta.encoder,
+            "run crossval with the encoder you train with",
+        )
+    held_out = table[table["model"] == "hespotex"].groupby("gene")["pearson"].agg(["mean", "count"])
+    if held_out.empty:
+        raise InputDataError(table_path, "no HESpotEx rows to take scores from")
+    scores = [
+        None
+        if gene not in held_out.index or np.isnan(held_out.at[gene, "mean"])
+        else round(float(held_out.at[gene, "mean"]), 4)
+        for gene in meta.genes
+    ]
+    runs = table.loc[table["model"] == "hespotex", ["section", "seed"]].drop_duplicates()
+    source = (
+        f"mean Pearson on held-out sections in `hespotex crossval` {table_path} "
+        f"({runs['section'].nunique()} sections × {runs['seed'].nunique()} seeds; "
+        f"{sum(score is not None for score in scores)} of {len(scores)} genes scored)"
+    )
+    return meta.model_copy(
+        update={
+            "gene_scores": {**meta.gene_scores, "cv_pearson": scores},
+            "gene_score_sources": {**meta.gene_score_sources, "cv_pearson": source},
+        }
     )
 
 
@@ -161,7 +214,9 @@ def run_crossval(
                 stain=stain,
             )
             hespotex_table, _ = evaluate_encoded(model, meta, [encoded[test]], None, top_genes)
-            ridge_table = ridge_scores(encoded, meta.genes, test, validation, training, top_genes)
+            ridge_table = ridge_scores(
+                encoded, meta.genes, test, validation, training, top_genes, meta.library_size
+            )
             genes_by_fold[test] = meta.genes
             row = {
                 "test": test,
@@ -193,6 +248,7 @@ def run_crossval(
     result = {
         "encoder": runner.identity.describe(),
         "stain_normalisation": config.stain.normalisation.value,
+        "encoder_identity": runner.identity.model_dump(mode="json"),
         "seeds": list(seeds),
         "top_genes": top_genes,
         "overall": overall,

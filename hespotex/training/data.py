@@ -27,7 +27,7 @@ from hespotex.model.encoding import encode_patches, fit_slide_stain, sample_patc
 from hespotex.model.runners import TorchRunner
 from hespotex.model.spot_graph import knn_edges
 from hespotex.model.stain import StainSetting, fit_profile, reference_setting
-from hespotex.model.streams import ExpressionAutoencoder, ImageStream
+from hespotex.model.streams import ExpressionAutoencoder, ImageStream, nucleus_scale
 from hespotex.training.sections import Section, SectionSource, load_section
 
 logger = logging.getLogger(__name__)
@@ -53,11 +53,11 @@ class SectionTensors:
     features: torch.Tensor
     decoder_blocks: list[SpotBlock]
     gate_blocks: list[SpotBlock]
-    nucleus_counts: torch.Tensor | None
+    nucleus_scale: torch.Tensor | None
     latent: torch.Tensor | None = None
 
-    def nucleus_counts_of(self, block: SpotBlock) -> torch.Tensor | None:
-        return None if self.nucleus_counts is None else self.nucleus_counts[block.nodes]
+    def nucleus_scale_of(self, block: SpotBlock) -> torch.Tensor | None:
+        return None if self.nucleus_scale is None else self.nucleus_scale[block.nodes]
 
 
 def load_sections(sources: Sequence[SectionSource], min_spot_counts: int) -> list[Section]:
@@ -183,12 +183,14 @@ def section_tensors(
     return SectionTensors(
         section_id=encoded.section_id,
         expression=torch.tensor(
-            encoded.section.log_expression(genes), dtype=torch.float32, device=device
+            encoded.section.log_expression(genes, library_size=config.training.library_size),
+            dtype=torch.float32,
+            device=device,
         ),
         features=torch.tensor(encoded.features, dtype=torch.float32, device=device),
         decoder_blocks=decoder_blocks,
         gate_blocks=gate_blocks,
-        nucleus_counts=None
+        nucleus_scale=None
         if encoded.nucleus_counts is None
-        else torch.tensor(encoded.nucleus_counts, device=device),
+        else nucleus_scale(torch.tensor(encoded.nucleus_counts, device=device)),
     )

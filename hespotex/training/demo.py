@@ -1,4 +1,4 @@
-"""The demo cohort: pyramidal slides and a training section built from real H&E pixels.
+"""The demo cohort: pyramidal slides and training sections built from real H&E and real ST.
 
 Sources (read from ``../shared/data``, never copied into the repository): the HER2ST sections
 (Andersson et al., Nat Commun 2021), OpenSlide's CMU-1 test slide, and tiatoolbox's
@@ -6,13 +6,15 @@ stain-normalisation target tile. Slides are written as tiled JPEG TIFF pyramids 
 (reduced levels with ``subfiletype=1``), one without any resolution tag so the sample sheet
 must give its ``mpp``.
 
-The training section is HER2ST B4 (its own H&E image at ≈0.69 µm/px), the held-out one HER2ST
-C3, each with spots on the pipeline's own grid and expression *planted* from patch content:
-``PLANTED_HEMATOXYLIN`` follows the haematoxylin density (nuclei), ``PLANTED_EOSIN`` the
-eosin density (stroma),
-``PLANTED_DARKNESS`` the optical density; each smoothed over neighbours, with noise; the
-``NOISE_*`` genes carry no signal. A model that learns from images should draw the planted
-genes over the demo slides where those tissues are.
+``her2st/`` (what `make demo` trains on) holds the four real HER2ST sections, raw counts of
+≈15,000 genes at their own ST spots, with three *planted* genes added as a check:
+``PLANTED_HEMATOXYLIN`` follows the haematoxylin density of each spot's patch (nuclei),
+``PLANTED_EOSIN`` the eosin density (stroma), ``PLANTED_DARKNESS`` the optical density; each
+smoothed over neighbours, with noise. A model that learns from images should draw the planted
+genes where those tissues are, beside the real genes.
+
+``planted/`` (the tests' fast checkpoint) holds two halves of HER2ST B4 and HER2ST C3 with
+spots on the pipeline's own grid and only planted and ``NOISE_*`` genes (no signal).
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 from PIL import Image
+from scipy import sparse
 
 from hespotex.config import GridConfig, TissueConfig
 from hespotex.errors import InputDataError
@@ -41,6 +45,9 @@ HER2ST_MPP = 0.69
 PATCH_UM = 112.0
 PLANTED_GENES = ("PLANTED_HEMATOXYLIN", "PLANTED_EOSIN", "PLANTED_DARKNESS")
 N_NOISE_GENES = 29
+HER2ST_SECTIONS = ("B4", "C2", "C3", "C4")
+# A planted gene's counts as a share of its spot's library (≈ 1,000 CPM, a common gene's level).
+PLANTED_SHARE = 1e-3
 SEED = 7
 
 
@@ -112,13 +119,19 @@ def patch_statistics(slide: Slide, centres_px: np.ndarray) -> np.ndarray:
     return np.asarray(rows)
 
 
-def plant_counts(statistics: np.ndarray, centres_px: np.ndarray, rng) -> pd.DataFrame:
+def planted_signal(statistics: np.ndarray, centres_px: np.ndarray, rng) -> np.ndarray:
+    """Per spot and planted gene: its patch statistic (standardised within the section),
+    half of it smoothed over the spot's neighbours, plus noise."""
     standard = (statistics - statistics.mean(0)) / statistics.std(0)
     edges = knn_edges(centres_px, 6, self_loops=True)
     smoothed = np.zeros_like(standard)
     np.add.at(smoothed, edges[1], standard[edges[0]])
     smoothed /= np.bincount(edges[1], minlength=len(standard))[:, None]
-    signal = 0.5 * standard + 0.5 * smoothed + rng.normal(0, 0.3, standard.shape)
+    return 0.5 * standard + 0.5 * smoothed + rng.normal(0, 0.3, standard.shape)
+
+
+def plant_counts(statistics: np.ndarray, centres_px: np.ndarray, rng) -> pd.DataFrame:
+    signal = planted_signal(statistics, centres_px, rng)
     n_spots = len(centres_px)
     library = rng.lognormal(0, 0.2, n_spots)[:, None]
     planted = rng.poisson(40 * library * np.exp(0.9 * signal))
@@ -128,11 +141,15 @@ def plant_counts(statistics: np.ndarray, centres_px: np.ndarray, rng) -> pd.Data
     return pd.DataFrame(np.concatenate([planted, noise], axis=1), columns=names)
 
 
+def her2st_slide(shared: Path, section: str) -> Slide:
+    image_path = her2st_image(shared, section).resolve()
+    return Slide(ArraySlide(read_image(image_path), image_path), HER2ST_MPP, "demo")
+
+
 def planted_section(shared: Path, section: str, rng) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
     """A HER2ST section's image, spots on the pipeline's grid over its tissue, and counts
     planted from each spot's patch."""
-    image_path = her2st_image(shared, section).resolve()
-    slide = Slide(ArraySlide(read_image(image_path), image_path), HER2ST_MPP, "demo")
+    slide = her2st_slide(shared, section)
     overview, downsample = slide.read_overview(8.0)
     mask = tissue_mask(overview, HER2ST_MPP * downsample, TissueConfig())
     width, height = slide.dimensions
@@ -144,7 +161,7 @@ def planted_section(shared: Path, section: str, rng) -> tuple[Path, pd.DataFrame
     spots = pd.DataFrame(
         {"spot_id": counts.index, "pixel_x": centres_px[:, 0], "pixel_y": centres_px[:, 1]}
     )
-    return image_path, counts, spots
+    return slide.path, counts, spots
 
 
 def write_sections(
@@ -168,24 +185,26 @@ def write_sections(
     write_tsv(folder / sheet, pd.DataFrame(rows))
 
 
-def build_training(out: Path, shared: Path) -> None:
-    """Two sections of HER2ST B4 (left and right half) in ``sections.tsv``: one to train, one
-    to choose the epoch; HER2ST C3 alone in ``heldout.tsv``, to score what neither chose."""
+def build_planted(out: Path, shared: Path) -> None:
+    """``planted/``: two sections of HER2ST B4 (left and right half) in ``sections.tsv``, one
+    to train, one to choose the epoch, and HER2ST C3 alone in ``heldout.tsv`` to score what
+    neither chose; their genes are only planted ones and noise (small and fast: the tests'
+    checkpoint)."""
     rng = np.random.default_rng(SEED)
     image_path, counts, spots = planted_section(shared, "B4", rng)
     left = (spots["pixel_x"] < spots["pixel_x"].median()).to_numpy()
-    training = out / "training"
+    folder = out / "planted"
     write_sections(
-        training,
+        folder,
         "sections.tsv",
         [
             ("b4-left", image_path, counts[left], spots[left]),
             ("b4-right", image_path, counts[~left], spots[~left]),
         ],
     )
-    write_sections(training, "heldout.tsv", [("c3", *planted_section(shared, "C3", rng))])
+    write_sections(folder, "heldout.tsv", [("c3", *planted_section(shared, "C3", rng))])
     logger.info(
-        "training sections: %d + %d spots, genes %s + %d noise; held out: C3",
+        "planted sections: %d + %d spots, genes %s + %d noise; held out: C3",
         left.sum(),
         (~left).sum(),
         ", ".join(PLANTED_GENES),
@@ -193,9 +212,61 @@ def build_training(out: Path, shared: Path) -> None:
     )
 
 
+def her2st_with_planted_genes(shared: Path, section: str, rng) -> ad.AnnData:
+    """A real HER2ST section (its raw counts of ≈15,000 genes at its own ST spots) with the
+    planted genes added as a check: each spot's planted counts are a share of its own library,
+    so their CPM follows the patch content and not the sequencing depth."""
+    folder = shared / "her2st" / section
+    counts = pd.read_csv(folder / "counts.tsv.gz", sep="\t", index_col=0)
+    spots = pd.read_csv(folder / "spots.tsv", sep="\t")
+    spots.index = [f"{x}x{y}" for x, y in zip(spots["x"], spots["y"], strict=True)]
+    centres_px = spots.loc[counts.index, ["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64)
+    signal = planted_signal(
+        patch_statistics(her2st_slide(shared, section), centres_px), centres_px, rng
+    )
+    library = counts.sum(axis=1).to_numpy()[:, None]
+    planted = rng.poisson(library * PLANTED_SHARE * np.exp(0.9 * signal))
+    table = pd.concat(
+        [counts, pd.DataFrame(planted, index=counts.index, columns=PLANTED_GENES)], axis=1
+    )
+    adata = ad.AnnData(sparse.csr_matrix(table.to_numpy(dtype=np.float32)))
+    adata.obs_names = table.index
+    adata.var_names = table.columns
+    adata.obsm["spatial"] = centres_px
+    return adata
+
+
+def build_her2st(out: Path, shared: Path) -> None:
+    """``her2st/sections.tsv``: the four real HER2ST sections (raw counts, their own spots and
+    H&E images) with the planted genes beside the real ones: what `make demo` trains on."""
+    rng = np.random.default_rng(SEED)
+    folder = out / "her2st"
+    rows = []
+    for section in HER2ST_SECTIONS:
+        adata = her2st_with_planted_genes(shared, section, rng)
+        with atomic_path(folder / f"{section}.h5ad") as tmp:
+            adata.write_h5ad(tmp)
+        rows.append(
+            {
+                "section_id": section,
+                "layout": "anndata",
+                "counts": f"{section}.h5ad",
+                "image": str(her2st_image(shared, section).resolve()),
+                "mpp": HER2ST_MPP,
+            }
+        )
+        logger.info(
+            "HER2ST %s: %d spots × %d genes (planted: %s)",
+            section,
+            *adata.shape,
+            ", ".join(PLANTED_GENES),
+        )
+    write_tsv(folder / "sections.tsv", pd.DataFrame(rows))
+
+
 def build_demo(out: Path, shared: Path) -> None:
     if not (shared / "her2st").is_dir():
         raise InputDataError(shared, "the shared real data folder (HER2ST, slides) is missing")
     build_slides(out, shared)
-    build_training(out, shared)
+    build_her2st(out, shared)
     logger.info("demo data in %s", out)

@@ -25,7 +25,7 @@ from hespotex.model.encoders import load_encoder
 from hespotex.model.runners import TorchRunner, pick_device
 from hespotex.model.spot_graph import knn_edges
 from hespotex.model.stain import configured_setting
-from hespotex.model.streams import ImageStream
+from hespotex.model.streams import ImageStream, nucleus_scale
 from hespotex.training.data import EncodedSection, encode_sections, load_sections
 from hespotex.training.metrics import mse_per_gene, pearson_per_gene, ssim_per_gene
 from hespotex.training.sections import SectionSource
@@ -38,9 +38,10 @@ MAP_GENES = 3
 
 def predict_section(model: ImageStream, graph_k: int, encoded: EncodedSection) -> np.ndarray:
     edges = torch.from_numpy(knn_edges(encoded.section.centres_px, graph_k))
-    counts = None if encoded.nucleus_counts is None else torch.from_numpy(encoded.nucleus_counts)
+    counts = encoded.nucleus_counts
+    scale = None if counts is None else nucleus_scale(torch.from_numpy(counts))
     features = torch.from_numpy(encoded.features).float()
-    return model.eval().predict(features, edges, nucleus_counts=counts).numpy()
+    return model.eval().predict(features, edges, nucleus_scale=scale).numpy()
 
 
 def score_genes(
@@ -117,7 +118,7 @@ def evaluate_encoded(
 ) -> tuple[pd.DataFrame, dict[str, dict]]:
     tables, summary = [], {}
     for encoded in sections:
-        measured = encoded.section.log_expression(meta.genes, meta.target_sum)
+        measured = encoded.section.log_expression(meta.genes, meta.target_sum, meta.library_size)
         predicted = predict_section(model, meta.graph_k, encoded)
         centres = encoded.section.centres_px
         table = score_genes(encoded.section_id, meta.genes, measured, predicted, centres, top_genes)

@@ -19,6 +19,7 @@ dropout, section order).
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,7 +45,13 @@ from hespotex.training.data import (
     training_stain,
 )
 from hespotex.training.genes import select_genes
-from hespotex.training.loops import image_stream_epoch, train_expression_latents, validation_pearson
+from hespotex.training.loops import (
+    image_stream_epoch,
+    section_prediction,
+    train_expression_latents,
+    validation_pearson,
+)
+from hespotex.training.metrics import pearson_per_gene
 from hespotex.training.resume import ResumeFile, fingerprint
 from hespotex.training.sections import SectionSource
 from hespotex.training.stopping import EarlyStopping
@@ -55,6 +62,23 @@ logger = logging.getLogger(__name__)
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed)
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights over epochs (Polyak averaging):
+    on sections of a few hundred spots the weights of one epoch are noisy, and which epoch
+    the validation section picks with them. ``decay`` 0 keeps the last epoch's weights."""
+
+    def __init__(self, model: ImageStream, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model) if decay > 0 else model
+
+    @torch.no_grad()
+    def update(self, model: ImageStream) -> None:
+        if self.model is model:
+            return
+        for averaged, current in zip(self.model.parameters(), model.parameters(), strict=True):
+            averaged.lerp_(current, 1 - self.decay)
 
 
 def train_image_stream(
@@ -76,6 +100,7 @@ def train_image_stream(
     model = ImageStream(shape).to(device)
     model.standardise_with(torch.cat([section.features for section in training]))
     model.start_from_mean(torch.cat([section.expression for section in training]))
+    average = WeightAverage(model, config.weight_average)
     optimiser = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
@@ -83,6 +108,7 @@ def train_image_stream(
     first_epoch = 1
     if saved is not None and saved["stage"] == "image_stream":
         model.load_state_dict(saved["model"])
+        average.model.load_state_dict(saved["average"])
         optimiser.load_state_dict(saved["optimiser"])
         stopping = EarlyStopping(**saved["stopping"])
         torch.set_rng_state(saved["rng"])
@@ -97,10 +123,11 @@ def train_image_stream(
     epoch, losses = first_epoch - 1, {}
     for epoch in progress:
         losses = image_stream_epoch(model, optimiser, training)
+        average.update(model)
         stop = False
         if validation is not None:
-            losses["validation_pearson"] = validation_pearson(model, validation)
-            stop = stopping.update(model, epoch, losses["validation_pearson"])
+            losses["validation_pearson"] = validation_pearson(average.model, validation)
+            stop = stopping.update(average.model, epoch, losses["validation_pearson"])
         progress.set_postfix({key: f"{value:.4f}" for key, value in losses.items()}, refresh=False)
         if stop:
             logger.info(
@@ -115,12 +142,14 @@ def train_image_stream(
                     "stage": "image_stream",
                     "latents": {section.section_id: section.latent.cpu() for section in training},
                     "model": model.state_dict(),
+                    "average": average.model.state_dict(),
                     "optimiser": optimiser.state_dict(),
                     "stopping": vars(stopping),
                     "rng": torch.get_rng_state(),
                     "epoch": epoch,
                 }
             )
+    model = average.model
     if stopping.best_state is not None:
         model.load_state_dict(stopping.best_state)
         logger.info(
@@ -135,6 +164,15 @@ def train_image_stream(
         "final_training_loss": losses.get("loss"),
     }
     return model.eval(), summary
+
+
+def gene_pearson(model: ImageStream, section: SectionTensors) -> list[float | None]:
+    """Per gene, Pearson of predicted and measured expression across the section's spots
+    (None where either is constant)."""
+    with torch.no_grad():
+        predicted = section_prediction(model, section).cpu().numpy()
+    scores = pearson_per_gene(section.expression.cpu().numpy(), predicted)
+    return [None if np.isnan(value) else round(float(value), 4) for value in scores]
 
 
 def fit(
@@ -181,6 +219,13 @@ def fit(
         tensors, validation_tensors, len(genes), config.training, resume, saved
     )
     resume.remove()
+    scores, sources = {}, {}
+    if validation_tensors is not None:
+        scores["validation_pearson"] = gene_pearson(model, validation_tensors)
+        sources["validation_pearson"] = (
+            f"Pearson across the spots of validation section {validation_id} at the chosen "
+            f"epoch {summary['chosen_epoch']} (which it chose: optimistic)"
+        )
     meta = CheckpointMeta(
         genes=genes,
         latent_dim=config.training.latent_dim,
@@ -192,6 +237,9 @@ def fit(
         trained_on=[encoded.section_id for encoded in training],
         nucleus_counter=config.training.nucleus_counter.value,
         stain=stain or StainSetting(),
+        library_size=config.training.library_size,
+        gene_scores=scores,
+        gene_score_sources=sources,
         training={
             **summary,
             "validation_section": validation_id,

@@ -68,6 +68,32 @@ def quadratic_normalised_variance(counts: np.ndarray) -> np.ndarray:
     return ((clipped - mean) ** 2).sum(axis=0) / ((len(counts) - 1) * expected_sd**2)
 
 
+def detected_in_every_section(
+    sections: Sequence[Section], genes: list[str], min_cells: int
+) -> list[str]:
+    """``genes`` with a count in at least ``min_cells`` spots of every section."""
+    keep = np.ones(len(genes), dtype=bool)
+    for section in sections:
+        columns = section.genes.get_indexer(genes)
+        keep &= np.asarray((section.counts[:, columns] > 0).sum(axis=0)).ravel() >= min_cells
+    if not keep.any():
+        raise InputDataError(
+            sections[0].image, f"no gene is detected in {min_cells} spots of every section"
+        )
+    return [gene for gene, kept in zip(genes, keep, strict=True) if kept]
+
+
+def genes_of_interest(wanted: Sequence[str], chosen: list[str], available: list[str]) -> list[str]:
+    """``training.include_genes`` not chosen already; each must be available."""
+    absent = [gene for gene in wanted if gene not in set(available)]
+    if absent:
+        raise InputDataError(
+            "training.include_genes",
+            f"{', '.join(absent)} not in every section (or detected in too few spots)",
+        )
+    return [gene for gene in dict.fromkeys(wanted) if gene not in set(chosen)]
+
+
 def read_gene_list(path: Path, available: list[str]) -> list[str]:
     try:
         wanted = [line.strip() for line in Path(path).read_text().splitlines()]
@@ -95,6 +121,7 @@ def select_genes(
     shared = shared_genes(sections)
     for genes in also_in:
         shared = [gene for gene in shared if gene in set(genes)]
+    shared = detected_in_every_section(sections, shared, config.min_cells)
     ranks = pd.concat(
         [
             ranks_by_section[section.section_id].reindex(shared)
@@ -114,6 +141,7 @@ def select_genes(
     else:
         chosen = best_rank.index[best_rank < config.n_genes].tolist()
         how = f"union of each section's top {config.n_genes} seurat_v3 genes"
+    chosen = [*chosen, *genes_of_interest(config.include_genes, chosen, shared)]
     ordered = best_rank[chosen].sort_values(kind="stable").index.tolist()
     logger.info(
         "genes: %d (%s) of %d shared; most variable: %s",

@@ -101,7 +101,7 @@ def image_stream_outputs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The block's predicted expression and image latents."""
     nodes = block.nodes
-    return model(section.features[nodes], block.edge_index, section.nucleus_counts_of(block))
+    return model(section.features[nodes], block.edge_index, section.nucleus_scale_of(block))
 
 
 def image_stream_block_losses(
@@ -152,12 +152,16 @@ def image_stream_epoch(
     return {"loss": alignment + mse, "alignment": alignment, "mse": mse}
 
 
+def section_prediction(model: ImageStream, section: SectionTensors) -> torch.Tensor:
+    model.eval()
+    return blockwise_rows(
+        section.decoder_blocks, functools.partial(image_stream_prediction, model, section)
+    )
+
+
 def validation_pearson(model: ImageStream, section: SectionTensors) -> float:
     """Mean over genes of the Pearson correlation of predicted and measured expression across
     the section's spots: the score reported on test sections, so the epoch chosen is the one
     that serves it."""
-    model.eval()
-    prediction = blockwise_rows(
-        section.decoder_blocks, functools.partial(image_stream_prediction, model, section)
-    )
+    prediction = section_prediction(model, section)
     return pearson_rows(prediction.T, section.expression.T).mean().item()

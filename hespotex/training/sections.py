@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from hespotex.config import LibrarySize
 from hespotex.errors import InputDataError
 from hespotex.units import is_plausible_mpp
 
@@ -85,11 +86,21 @@ class Section:
             raise InputDataError(self.image, f"section {self.section_id} lacks genes {absent[:5]}")
         return self.counts[:, columns].toarray().astype(np.float64)
 
-    def log_expression(self, genes: list[str], target_sum: float = 1e6) -> np.ndarray:
-        """CPM over all of the spot's counts, then log1p, of ``genes`` (spots × genes)."""
-        totals = np.asarray(self.counts.sum(axis=1), dtype=np.float64)
+    def log_expression(
+        self,
+        genes: list[str],
+        target_sum: float = 1e6,
+        library_size: LibrarySize = LibrarySize.ALL_GENES,
+    ) -> np.ndarray:
+        """CPM, then log1p, of ``genes`` (spots × genes); the library is all of the spot's
+        counts, or the counts of ``genes`` alone (the authors' choice)."""
+        counts = self.gene_counts(genes)
+        if library_size == LibrarySize.SELECTED_GENES:
+            totals = counts.sum(axis=1, keepdims=True)
+        else:
+            totals = np.asarray(self.counts.sum(axis=1), dtype=np.float64)
         scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
-        return np.log1p(self.gene_counts(genes) * scale)
+        return np.log1p(counts * scale)
 
     def subset_spots(self, keep: np.ndarray) -> Section:
         return Section(
