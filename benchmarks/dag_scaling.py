@@ -27,59 +27,39 @@ REPO = Path(__file__).resolve().parents[1]
 SLIDE = REPO.parent / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
 SIZES = (100, 1000, 10000)
 
-BARE_FIVE_RULES = """
+BARE_HEADER = """
 SLIDES = [line.split("\\t")[0] for line in open(config["samples"]).read().splitlines()[1:]]
 
 rule all:
     input: expand("out/{slide}/expression.h5ad", slide=SLIDES)
-
-rule tissue:
-    input: config["slide"]
-    output: "out/{slide}/tissue.json"
-    shell: "touch {output}"
-
-rule tiles:
-    input: "out/{slide}/tissue.json"
-    output: "out/{slide}/spots.tsv"
-    shell: "touch {output}"
-
-rule features:
-    input: "out/{slide}/spots.tsv"
-    output: "out/{slide}/features.zarr"
-    shell: "touch {output}"
-
-rule graph:
-    input: "out/{slide}/features.zarr"
-    output: "out/{slide}/graph.zarr"
-    shell: "touch {output}"
-
-rule decode:
-    input: "out/{slide}/graph.zarr"
-    output: "out/{slide}/expression.h5ad"
-    shell: "touch {output}"
 """
 
-BARE_THREE_RULES = """
-SLIDES = [line.split("\\t")[0] for line in open(config["samples"]).read().splitlines()[1:]]
 
-rule all:
-    input: expand("out/{slide}/expression.h5ad", slide=SLIDES)
+def bare_snakefile(rules: list[tuple[str, str]]) -> str:
+    """One job per slide per rule, each touching its output: (rule, output file) in order,
+    the first reading the slide, the last writing expression.h5ad."""
+    text, previous = BARE_HEADER, 'config["slide"]'
+    for name, output in rules:
+        text += (
+            f'\nrule {name}:\n    input: {previous}\n    output: "out/{{slide}}/{output}"\n'
+            '    shell: "touch {output}"\n'
+        )
+        previous = f'"out/{{slide}}/{output}"'
+    return text
 
-rule prepare:
-    input: config["slide"]
-    output: "out/{slide}/spots.tsv"
-    shell: "touch {output}"
 
-rule features:
-    input: "out/{slide}/spots.tsv"
-    output: "out/{slide}/features.zarr"
-    shell: "touch {output}"
-
-rule predict:
-    input: "out/{slide}/features.zarr"
-    output: "out/{slide}/expression.h5ad"
-    shell: "touch {output}"
-"""
+BARE_FIVE_RULES = bare_snakefile(
+    [
+        ("tissue", "tissue.json"),
+        ("tiles", "spots.tsv"),
+        ("features", "features.zarr"),
+        ("graph", "graph.zarr"),
+        ("decode", "expression.h5ad"),
+    ]
+)
+BARE_THREE_RULES = bare_snakefile(
+    [("prepare", "spots.tsv"), ("features", "features.zarr"), ("predict", "expression.h5ad")]
+)
 
 
 def count_submissions(dry_run_output: str) -> tuple[int, dict[str, int]]:

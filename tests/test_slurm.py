@@ -85,6 +85,15 @@ def job_state(job_id: str) -> str:
 GOOD_SLIDES = ("svs", "tagged")
 
 
+def output_mtimes(results: Path) -> dict[Path, int]:
+    """Every output of the good slides with its modification time, to show none is redone."""
+    return {
+        path: path.stat().st_mtime_ns
+        for slide_id in GOOD_SLIDES
+        for path in outputs_of(results, slide_id)
+    }
+
+
 @pytest.fixture(scope="module")
 def local_and_slurm_runs(tmp_path_factory, small_pyramids, trained_checkpoint, slurm_cluster):
     """The same three slides, a corrupt one between two good ones, locally and on SLURM."""
@@ -135,11 +144,7 @@ def test_every_job_went_through_sbatch_and_the_corrupt_slide_failed_alone(local_
 def test_the_next_slurm_run_retries_only_the_failed_slide(local_and_slurm_runs):
     folder, config, _, _ = local_and_slurm_runs["slurm"]
     results = folder / "results"
-    finished = {
-        path: path.stat().st_mtime_ns
-        for slide_id in GOOD_SLIDES
-        for path in outputs_of(results, slide_id)
-    }
+    finished = output_mtimes(results)
     retry = run_on_slurm(folder, config)
     log = retry.stdout + retry.stderr
     assert retry.returncode != 0 and "1 of 3 slide(s) failed" in log, log[-3000:]
@@ -174,11 +179,7 @@ def test_scancel_of_a_running_job_then_rerun_finishes_without_redoing_finished_s
     finishes both without recomputing the finished slides."""
     folder, config, sheet, _ = local_and_slurm_runs["slurm"]
     results = folder / "results"
-    finished = {
-        path: path.stat().st_mtime_ns
-        for slide_id in GOOD_SLIDES
-        for path in outputs_of(results, slide_id)
-    }
+    finished = output_mtimes(results)
     (folder / "corrupt.tif").write_bytes(small_pyramids["tagged"].read_bytes())
     with sheet.open("a") as handle:
         handle.write(f"untagged\t{small_pyramids['untagged']}\t0.5\n")
