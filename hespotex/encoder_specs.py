@@ -50,7 +50,9 @@ class Pooling(StrEnum):
 
 # Layer classes a spec may name in its keyword arguments (timm's ``mlp_layer``, ``act_layer``):
 # resolved by name from this list only, so a config cannot import arbitrary code.
-LAYER_NAMES = ("SwiGLUPacked", "SwiGLU", "GluMlp", "Mlp", "SiLU", "GELU", "QuickGELU")
+LAYER_NAMES = (
+    "SwiGLUPacked", "SwiGLU", "GluMlp", "Mlp", "SiLU", "GELU", "QuickGELU", "LayerNorm", "RmsNorm"
+)  # fmt: skip
 
 
 class WeightsLayout(BaseModel):
@@ -118,6 +120,8 @@ class EncoderSpec(BaseModel):
                     f"encoder {self.name}: model_kwargs.{key} is {value!r}; one of "
                     f"{', '.join(LAYER_NAMES)}"
                 )
+        if (self.weights.package is None) != (self.weights.package_file is None):
+            raise ValueError(f"encoder {self.name}: weights.package and package_file go together")
         if any(value <= 0 for value in self.std):
             raise ValueError(f"encoder {self.name}: std must be positive")
         return self
@@ -170,7 +174,8 @@ def _pathology_vit(
     **settings: Any,
 ) -> EncoderSpec:
     """A pathology foundation model built by timm at 224 px with LayerScale (1e-5), published
-    as timm keys in pytorch_model.bin; ``card`` names its model card and what it says."""
+    as timm keys in pytorch_model.bin (or model.safetensors); ``card`` names its model card
+    and what it says."""
     return EncoderSpec(
         name=name,
         family=Family.TIMM,
@@ -178,7 +183,7 @@ def _pathology_vit(
         model_kwargs={"init_values": 1e-5, "img_size": 224, **model_kwargs},
         patch_um=PATHOLOGY_PATCH_UM,
         feature_dim=feature_dim,
-        weights=WeightsLayout(file_names=("pytorch_model.bin",)),
+        weights=WeightsLayout(file_names=("pytorch_model.bin", "model.safetensors")),
         source=_HF + card,
         **settings,
     )

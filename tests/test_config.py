@@ -27,6 +27,20 @@ def test_documented_defaults_parse_with_the_installed_pretrained_encoder():
         parse_config(data)
 
 
+def test_the_documented_config_switched_to_the_paper_preset_gets_the_authors_settings():
+    """A user who copies config/config.yaml and sets `preset: paper` gets the authors' genes,
+    graph and library size: the template leaves the keys the presets fill to them."""
+    data = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    data["training"]["preset"] = "paper"
+    training = parse_config(data).training
+    assert (training.n_genes, training.gate_k, training.library_size.value) == (
+        1000,
+        7,
+        "selected_genes",
+    )
+    assert training.weight_average == 0.0 and training.dropout == 0.0
+
+
 def test_demo_config_is_valid_and_uses_the_installed_pretrained_encoder():
     config = load_config(REPO / "config" / "demo.yaml")
     assert config.encoder.architecture == "efficientnet-lite0-imagenet"

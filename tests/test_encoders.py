@@ -198,6 +198,18 @@ def test_packaged_weights_of_the_wrong_shape_are_refused(tmp_path, monkeypatch):
         load_encoder(EncoderConfig(weights=str(wrong)))
 
 
+def test_weights_matched_by_position_are_refused_from_a_safetensors_copy(tmp_path):
+    """safetensors returns tensors sorted by name: matched by position, a norm's weight, bias,
+    mean and var would swap without an error, so such a copy is refused."""
+    state = torch.load(
+        encoder_identity(EncoderConfig()).weights, map_location="cpu", weights_only=True
+    )
+    copy = tmp_path / "efficientnet-lite0.safetensors"
+    save_file({key: value.contiguous() for key, value in state.items()}, str(copy))
+    with pytest.raises(InputDataError, match=r"by position.*not a \.safetensors copy"):
+        load_encoder(EncoderConfig(weights=str(copy)))
+
+
 CUSTOM_VIT = {
     "name": "my-vit-s16",
     "family": "timm",
@@ -247,6 +259,15 @@ def test_a_users_own_timm_model_works_from_the_config_alone(tmp_path):
             },
             {},
             "model_kwargs.act_layer",
+        ),
+        (
+            {
+                "architecture": "custom",
+                "custom": {**CUSTOM_VIT, "weights": {"package": "my_weights"}},
+                "weights": "x",
+            },
+            {},
+            "package and package_file go together",
         ),
         ({"architecture": "uni"}, {}, "give the path of uni's local weights file"),
         ({"architecture": "uni", "weights": "random"}, {"patch_px": 256}, "takes 224 px patches"),

@@ -267,6 +267,14 @@ def map_keys(
         }
     state = {key: value for key, value in state.items() if key not in layout.ignored}
     if layout.by_position:
+        if Path(path).suffix == ".safetensors":
+            # safetensors gives its tensors back sorted by name, not in the order they were
+            # saved: same-shaped tensors (a norm's weight, bias, mean, var) would swap silently.
+            raise InputDataError(
+                path,
+                f"encoder {name} maps its weights by position, which needs the order they were "
+                "saved in: give the torch file (.pt, .pth, .bin), not a .safetensors copy",
+            )
         if len(state) != len(expected):
             raise InputDataError(
                 path,

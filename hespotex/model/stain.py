@@ -292,9 +292,11 @@ class StainTransform:
         if self.source.method == StainNormalisation.REINHARD:
             return self._reinhard(patches)
         density = self._density[patches] @ self._mixing
-        # As tiatoolbox renders: 255·exp(−OD), clipped to [0, 255], truncated to uint8.
-        rendered = np.exp(np.negative(density, out=density), out=density)
-        rendered *= 255
+        # As tiatoolbox renders: 255·exp(−OD), clipped to [0, 255], truncated to uint8. A pixel
+        # mapped far lighter than glass overflows to inf, which the clip makes white.
+        with np.errstate(over="ignore"):
+            rendered = np.exp(np.negative(density, out=density), out=density)
+            rendered *= 255
         np.clip(rendered, 0, 255, out=rendered)
         return rendered.astype(np.uint8)
 

@@ -162,7 +162,8 @@ def run_decode(
         "encoder": store_encoder.model_dump(mode="json"),
         "encoder_description": store_encoder.describe(),
         "stain_normalisation": stain.describe(),
-        "values": f"predicted {meta.normalisation} expression (target sum {meta.target_sum:g})",
+        "values": f"predicted {meta.normalisation} expression (target sum {meta.target_sum:g} "
+        f"over {meta.library_size.value.replace('_', ' ')})",
         "mpp": record.mpp,
         "mpp_source": record.mpp_source,
         "grid_layout": config.grid.layout,

@@ -106,7 +106,10 @@ def with_cv_scores(meta: CheckpointMeta, path: Path) -> CheckpointMeta:
         )
     summary_path = table_path.with_name("summary.json")
     if summary_path.is_file():
-        record = json.loads(summary_path.read_text()).get("encoder_identity")
+        try:
+            record = json.loads(summary_path.read_text()).get("encoder_identity")
+        except (OSError, ValueError) as error:
+            raise InputDataError(summary_path, f"not a crossval summary.json: {error}") from None
         check_same_encoder(
             summary_path,
             EncoderIdentity.from_record(record, summary_path),
@@ -114,13 +117,13 @@ def with_cv_scores(meta: CheckpointMeta, path: Path) -> CheckpointMeta:
             meta.encoder,
             "run crossval with the encoder you train with",
         )
-    held_out = table[table["model"] == "hespotex"].groupby("gene")["pearson"].agg(["mean", "count"])
+    held_out = table[table["model"] == "hespotex"].groupby("gene")["pearson"].mean()
     if held_out.empty:
         raise InputDataError(table_path, "no HESpotEx rows to take scores from")
     scores = [
         None
-        if gene not in held_out.index or np.isnan(held_out.at[gene, "mean"])
-        else round(float(held_out.at[gene, "mean"]), 4)
+        if gene not in held_out.index or np.isnan(held_out[gene])
+        else round(float(held_out[gene]), 4)
         for gene in meta.genes
     ]
     runs = table.loc[table["model"] == "hespotex", ["section", "seed"]].drop_duplicates()
