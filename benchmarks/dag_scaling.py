@@ -63,11 +63,13 @@ BARE_THREE_RULES = bare_snakefile(
 
 
 def count_submissions(dry_run_output: str) -> tuple[int, dict[str, int]]:
-    """Jobs, and the submissions a dry run announces per rule (local rules excluded)."""
+    """Jobs, and the submissions a dry run announces per rule: local rules excluded, and the
+    target rule `all`, which the dry run lists as a rule but which runs nothing."""
     jobs = int(re.search(r"^total\s+(\d+)", dry_run_output, re.MULTILINE)[1])
     submissions: dict[str, int] = {}
     for match in re.finditer(r"^rule (\S+):", dry_run_output, re.MULTILINE):
-        submissions[match[1]] = submissions.get(match[1], 0) + 1
+        if match[1] != "all":
+            submissions[match[1]] = submissions.get(match[1], 0) + 1
     return jobs, submissions
 
 

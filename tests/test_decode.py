@@ -151,6 +151,9 @@ def test_crossval_scores_travel_into_the_checkpoint_only_from_the_same_encoder(
     (run / "summary.json").write_text('{"encoder_identity": ')
     with pytest.raises(InputDataError, match="not a crossval summary.json"):
         with_cv_scores(meta, run)
+    pd.DataFrame(rows).drop(columns="pearson").to_csv(run / "genes.tsv", sep="\t", index=False)
+    with pytest.raises(InputDataError, match=r"genes.tsv: .*no column\(s\) pearson"):
+        with_cv_scores(meta, run)
 
 
 def test_scanpy_draws_the_spatial_plot_unchanged(decoded, tmp_path):
