@@ -7,7 +7,9 @@
 #      split into start-up, reading, encoding and writing, GPU busy, and the TCGA projection
 #      (cohort_features.py), with ViT-B/32; then 20 slides (one per process on 3) with $VIT_L
 #      (default uni: ViT-L/16, random weights);
-#   3. one large slide end to end (gpu_features.py).
+#   3. one large slide end to end (gpu_features.py);
+#   4. the encoders alone: ViT-B/32, UNI (ViT-L/16) and H-optimus-0 (ViT-g/14), random weights
+#      (encoder_throughput.py; issue 12).
 # The machine needs hespotex's dependencies (carried as wheels, see the device tool's notes).
 # Smoke test on a CPU, small: SMOKE=1 OUT=/tmp/gpu-smoke benchmarks/gpu_session.sh
 set -uo pipefail
@@ -15,18 +17,20 @@ OUT=${OUT:-gpu-session}
 PYTHON=${PYTHON:-python3}
 mkdir -p "$OUT"
 if [ "${SMOKE:-0}" = 1 ]; then
-    device=cpu limits=(600 600 600 600) vit_b=vit-tiny-32 vit_l=vit-tiny-32
+    device=cpu limits=(600 600 600 600 600) vit_b=vit-tiny-32 vit_l=vit-tiny-32
     sweep=(--side 3000 --workers 1 2)
     slides=(--side 3000 --spacing-um 200 --slides-per-job 2 --num-workers 2)
     slides_b=(--slides 4 --per-process-slides 2) slides_l=(--slides 2 --per-process-slides 1)
     large=(--side 3000 --num-workers 2)
+    encoders=(--depth 1 --batch-size 4 --batches 1)
 else
     # ≈ 12 minutes in all, inside the 15 of a session with the machine's start.
-    device=cuda limits=(120 300 200 100) vit_b=vit-b-32 vit_l=${VIT_L:-uni}
+    device=cuda limits=(100 280 180 90 90) vit_b=vit-b-32 vit_l=${VIT_L:-uni}
     sweep=(--side 12000 --workers 4 12)
     slides=(--side 24300 --slides-per-job 10 --num-workers 12)
     slides_b=(--slides 50 --per-process-slides 5) slides_l=(--slides 20 --per-process-slides 3)
     large=(--side 12000 --num-workers 12)
+    encoders=(--batch-size 256 --batches 8)
 fi
 step() {  # name, seconds, work folder, command...: its log and table into $OUT
     local name=$1 seconds=$2 work=$3
@@ -50,4 +54,6 @@ step cohort_vit_l "${limits[2]}" /tmp/hx-cohort "$PYTHON" benchmarks/cohort_feat
     --device "$device" --architecture "$vit_l" --readers processes "${slides[@]}" "${slides_l[@]}"
 step gpu_features "${limits[3]}" /tmp/hx-gpu "$PYTHON" benchmarks/gpu_features.py \
     --device "$device" --architecture "$vit_b" --readers processes "${large[@]}"
+step encoders "${limits[4]}" /tmp/hx-encoders "$PYTHON" benchmarks/encoder_throughput.py \
+    --no-onnx --architectures vit-b-32 uni h-optimus-0 "${encoders[@]}"
 echo "done in ${SECONDS}s" | tee -a "$OUT/session.log"
