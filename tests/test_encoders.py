@@ -279,9 +279,14 @@ def test_encoder_config_mistakes_are_named(encoder, features, message):
         parse_config({"encoder": encoder, "features": features})
 
 
-def test_a_weights_folder_without_the_presets_file_is_named(tmp_path):
-    with pytest.raises(ConfigError, match=r"holds none of pytorch_model.bin \(uni's weights"):
+def test_a_weights_folder_is_searched_for_the_presets_files_and_named_without_them(tmp_path):
+    with pytest.raises(
+        ConfigError, match=r"holds none of pytorch_model.bin, model.safetensors \(uni's weights"
+    ):
         encoder_identity(EncoderConfig(architecture="uni", weights=str(tmp_path)))
+    (tmp_path / "model.safetensors").write_bytes(b"a safetensors copy of the weights")
+    identity = encoder_identity(EncoderConfig(architecture="uni", weights=str(tmp_path)))
+    assert identity.weights == str(tmp_path / "model.safetensors")
 
 
 def test_identity_follows_what_makes_the_features_not_the_presets_name(tmp_path):
