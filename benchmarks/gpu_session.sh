@@ -11,7 +11,8 @@
 #   4. the encoders alone: ViT-B/32, UNI (ViT-L/16) and H-optimus-0 (ViT-g/14), random weights
 #      (encoder_throughput.py; issue 12).
 # The machine needs hespotex's dependencies (carried as wheels, see the device tool's notes).
-# Smoke test on a CPU, small: SMOKE=1 OUT=/tmp/gpu-smoke benchmarks/gpu_session.sh
+# Smoke test on a CPU, small:
+#   SMOKE=1 OUT=/tmp/gpu-smoke PYTHON=.venv/bin/python benchmarks/gpu_session.sh
 set -uo pipefail
 OUT=${OUT:-gpu-session}
 PYTHON=${PYTHON:-python3}
