@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from hespotex.cli import LOG_FORMAT
 from hespotex.config import PipelineConfig, SampleRow
 from hespotex.errors import HespotexError
 from hespotex.io.atomic import write_tsv
@@ -30,8 +31,6 @@ from hespotex.outputs.qc import timed_stage, write_slide_qc
 from hespotex.paths import STAGES, LogPaths, SlidePaths
 
 logger = logging.getLogger(__name__)
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class Outcome(StrEnum):

@@ -13,6 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
+from hespotex.cli import LOG_FORMAT
 from hespotex.errors import HespotexError
 
 logger = logging.getLogger("hespotex")
@@ -275,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=LOG_FORMAT,
         stream=sys.stderr,
     )
     logging.captureWarnings(True)

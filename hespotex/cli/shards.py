@@ -13,14 +13,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from hespotex.config import SampleRow, SlidesPerJob
+from hespotex.config import SAMPLE_COLUMNS, SampleRow, SlidesPerJob
 from hespotex.paths import JOBS, RunPaths
 
-SAMPLE_SHEET_HEADER = "slide_id\tpath\tmpp"
+SAMPLE_SHEET_HEADER = "\t".join(SAMPLE_COLUMNS)
 
 
 def shard_id(index: int) -> str:
     return f"{index:05d}"
+
+
+def previous_job(job: str) -> str:
+    """The job kind whose shards hold a ``job`` shard's slides before it."""
+    kinds = list(JOBS)
+    return kinds[kinds.index(job) - 1]
 
 
 @dataclass(frozen=True)
@@ -41,7 +47,7 @@ class ShardPlan:
 
     def upstream(self, job: str, shard: str) -> list[str]:
         """The shards of the job before ``job`` that hold this shard's slides."""
-        previous = list(JOBS)[list(JOBS).index(job) - 1]
+        previous = previous_job(job)
         start = int(shard) * self.size(job)
         stop = min(start + self.size(job), len(self.slide_ids)) - 1
         first, last = start // self.size(previous), stop // self.size(previous)

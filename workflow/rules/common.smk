@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from hespotex.cli.preflight import check_run, write_run_config
-from hespotex.cli.shards import ShardPlan, failure_log_size, write_shard_sheets
+from hespotex.cli.shards import ShardPlan, failure_log_size, previous_job, write_shard_sheets
 from hespotex.config import parse_config, read_sample_sheet
 from hespotex.errors import HespotexError
 from hespotex.outputs import spatialdata_export
@@ -78,8 +78,7 @@ def manifests(job, shards=None):
 
 def upstream_manifests(job):
     """A shard's input: the manifests of the upstream shards that hold its slides."""
-    previous = list(JOBS)[list(JOBS).index(job) - 1]
-    return lambda wildcards: manifests(previous, PLAN.upstream(job, wildcards.shard))
+    return lambda wildcards: manifests(previous_job(job), PLAN.upstream(job, wildcards.shard))
 
 
 def shard_slide_files(wildcards):
