@@ -35,14 +35,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import time
 from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
-from timing import build_he_pyramid, write_table
+from timing import build_he_pyramid, run_child, write_table
 
 REPO = Path(__file__).resolve().parents[1]
 SVS = REPO.parent / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
@@ -193,15 +191,8 @@ def child(method: str, cores: int, slide_path: str, data_path: str) -> None:
 
 
 def measure(method: str, cores: int, slide_path: Path, data_path: Path) -> float:
-    result = subprocess.run(
-        [sys.executable, __file__, "--child", method, str(cores), str(slide_path), str(data_path)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        sys.exit(f"{method} on {cores} core(s) failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])["seconds_per_round"]
+    arguments = [method, str(cores), str(slide_path), str(data_path)]
+    return run_child(__file__, arguments)["seconds_per_round"]
 
 
 def compare_ome_zarr(work: Path, pyramid: Path, core_counts: list[int]) -> None:

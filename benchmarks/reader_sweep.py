@@ -24,11 +24,10 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from timing import build_he_pyramid, write_table
+from timing import build_he_pyramid, run_child, write_table
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH_SIZE = 256
@@ -109,16 +108,8 @@ def child(mode: str, kind: str, workers: int, slide: str, device: str, architect
 
 
 def measure(pythonpath: Path, *arguments: str) -> float:
-    result = subprocess.run(
-        [sys.executable, __file__, "--child", *arguments],
-        env={**os.environ, "PYTHONPATH": str(pythonpath)},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        sys.exit(f"{arguments} with {pythonpath} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])["patches_per_second"]
+    env = {**os.environ, "PYTHONPATH": str(pythonpath)}
+    return run_child(__file__, list(arguments), env)["patches_per_second"]
 
 
 def centres_of(slide: Path, work: Path) -> int:

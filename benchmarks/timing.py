@@ -47,6 +47,22 @@ def run_timed(command: list[str], cwd: Path | None = None) -> tuple[float, float
     return measured["seconds"], measured["peak_kb"] / 1024, result.stdout
 
 
+def run_child(script: str, arguments: list[str], env: dict[str, str] | None = None) -> dict:
+    """Run ``script --child ARGUMENTS`` (a benchmark measuring itself in a fresh process) and
+    return the JSON object its last line of stdout prints; a failing child ends the benchmark
+    with its stderr."""
+    result = subprocess.run(
+        [sys.executable, script, "--child", *arguments],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        sys.exit(f"{' '.join(arguments)} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def build_he_pyramid(path: Path, side: int, margin: int, tile_png: Path | None = None) -> None:
     """A ``side``² JPEG TIFF pyramid at 0.5 µm/px: real H&E pixels (tiatoolbox's stain
     normalisation target, or ``tile_png`` where tiatoolbox is not installed) tiled over all
