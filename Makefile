@@ -29,7 +29,8 @@ $(VIEWERS_VENV)/installed.stamp: envs/viewers.txt
 	$(VIEWERS_VENV)/bin/python -m pip install --quiet -r envs/viewers.txt
 	touch $@
 
-demo/her2st/sections.tsv: | $(VENV)/installed.stamp
+# The demo data is rebuilt when the code that builds it changes (a new demo slide, say).
+demo/her2st/sections.tsv: hespotex/training/demo.py | $(VENV)/installed.stamp
 	$(BIN)/hespotex demo-data --out demo
 
 demo/model.safetensors: demo/her2st/sections.tsv config/demo.yaml

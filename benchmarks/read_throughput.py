@@ -63,7 +63,7 @@ def spot_grid(slide_path: Path, work: Path) -> np.ndarray:
     )
     with open_slide(slide_path, slide_id) as slide:
         run_tissue(slide, slide_id, config)
-    run_tiles(slide_id, config)
+        run_tiles(slide, slide_id, config)
     spots = read_spots(SlidePaths(config.results, slide_id).spots)
     return spots[["x_px", "y_px"]].to_numpy(dtype=np.float64)
 

@@ -127,7 +127,7 @@ def centres_of(slide: Path, work: Path) -> int:
     )
     with open_slide(slide, "sweep") as opened:
         run_tissue(opened, "sweep", config)
-    run_tiles("sweep", config)
+        run_tiles(opened, "sweep", config)
     spots = read_spots(SlidePaths(config.results, "sweep").spots)
     centres = spots[["x_px", "y_px"]].to_numpy(dtype=np.float64)
     np.save(slide.with_suffix(".centres.npy"), centres)

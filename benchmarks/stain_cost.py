@@ -26,11 +26,11 @@ import argparse
 import logging
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from timing import best_of
 
 from hespotex.config import StainNormalisation, parse_config
 from hespotex.io.slide import open_slide
@@ -47,16 +47,6 @@ SECTION = next((REPO.parent / "shared" / "data" / "her2st" / "C3").glob("*.jpg")
 HER2ST_MPP = 0.69
 METHODS = (StainNormalisation.MACENKO, StainNormalisation.VAHADANE, StainNormalisation.REINHARD)
 REPEATS = 5
-
-
-def best_of(function, repeats: int = REPEATS) -> float:
-    """The fastest of ``repeats`` runs, in seconds (the least disturbed by other work)."""
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return min(times)
 
 
 IMPORT = """
@@ -93,7 +83,7 @@ def main() -> None:
     )
     with open_slide(SECTION, "c3", HER2ST_MPP) as slide:
         run_tissue(slide, "c3", config)
-        run_tiles("c3", config)
+        run_tiles(slide, "c3", config)
         centres = read_spots(SlidePaths(config.results, "c3").spots)[["x_px", "y_px"]].to_numpy()
         batch = sample_patches(slide, centres, config.features, 64)
         target = stain_norm_target()  # tiatoolbox's real H&E reference tile
@@ -124,7 +114,7 @@ def main() -> None:
                 3,
             )
             transform = fit_slide_stain(slide, centres, config.features, setting, 64)
-            mapping = best_of(lambda transform=transform: transform(batch))
+            mapping = best_of(lambda transform=transform: transform(batch), REPEATS)
             rows.append((f"{method.value}: fit on 64 patches, per slide", fit_seconds, "s"))
             rows.append((f"{method.value}: mapping, per patch", 1000 * mapping / 64, "ms"))
             tiatoolbox = own_normaliser(method, target)

@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -85,6 +86,17 @@ def build_he_pyramid(path: Path, side: int, margin: int, tile_png: Path | None =
         :inner, :inner
     ]
     write_pyramid_tiff(path, image, 0.5)
+
+
+def best_of(function, repeats: int) -> float:
+    """The fastest of ``repeats`` runs of ``function``, in seconds (the least disturbed by
+    other work)."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return min(times)
 
 
 def write_table(path: Path, lines: list[str]) -> None:

@@ -28,12 +28,114 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class StainCheck(StrEnum):
-    """What the tissue stage does with a slide whose tissue does not look like H&E."""
+class CheckAction(StrEnum):
+    """What a slide-level check does with a slide that fails it: refuse the slide, warn and
+    go on, or only record the numbers."""
 
     ERROR = "error"
     WARN = "warn"
     OFF = "off"
+
+
+class ArtifactAction(StrEnum):
+    """What becomes of a spot whose patch shows an artefact."""
+
+    DROP = "drop"  # neither encoded nor predicted; recorded in spots_dropped.tsv
+    FLAG = "flag"  # predicted, and marked in every output
+    OFF = "off"  # not measured
+
+
+class InkColour(StrEnum):
+    """Marker colours told apart from H&E; black also takes in dark debris and glass edges,
+    which share its colour."""
+
+    GREEN = "green"
+    BLUE = "blue"
+    RED = "red"
+    BLACK = "black"
+
+
+class InkConfig(_Section):
+    """Marker ink, found by its colour before tissue is thresholded."""
+
+    action: ArtifactAction = Field(
+        ArtifactAction.DROP,
+        description="drop, flag or off (off: ink is not looked for, so it is judged as tissue, "
+        "by the stain check too)",
+    )
+    colours: tuple[InkColour, ...] = Field(
+        tuple(InkColour),
+        min_length=1,
+        description="the colours looked for; red shares its colour with blood and intense "
+        "eosin, so leave it out for haemorrhagic tissue",
+    )
+    max_fraction: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="a spot whose patch is more than this share ink is acted on (ink in a "
+        "patch shifts its features)",
+    )
+    min_area_um2: float = Field(
+        20000.0, ge=0, description="ink pieces smaller than this are ignored (µm²)"
+    )
+
+
+class FoldConfig(_Section):
+    """Tissue folded over itself: much darker than the tissue around it."""
+
+    action: ArtifactAction = Field(ArtifactAction.FLAG, description="drop, flag or off")
+    darkness: float = Field(
+        1.8,
+        gt=1,
+        description="a tissue pixel whose optical density is this many times the mean of the "
+        "ordinary tissue within neighbourhood_um around it (and 1.5 times the slide's median) "
+        "is fold",
+    )
+    neighbourhood_um: float = Field(2000.0, gt=0, description="the surrounding tissue, µm")
+    max_fraction: float = Field(
+        0.25, ge=0, le=1, description="a spot whose patch is more than this share fold is acted on"
+    )
+
+
+class BlurConfig(_Section):
+    """Out-of-focus fields, scored on each spot's field at one physical resolution."""
+
+    action: ArtifactAction = Field(ArtifactAction.FLAG, description="drop, flag or off")
+    mpp: float = Field(
+        1.0,
+        gt=0,
+        le=8,
+        description="µm per pixel the focus is measured at, the same on 20x and 40x scans",
+    )
+    field_um: float = Field(112.0, gt=0, description="side of the square field scored, µm")
+    max_score: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="blur score (Crete et al.'s blur effect: 0 sharp, 1 fully blurred) above "
+        "which a spot is acted on",
+    )
+
+
+class ArtifactsConfig(_Section):
+    """Quality control of the slide: per-spot scores and decisions, and a slide verdict."""
+
+    ink: InkConfig = InkConfig()
+    fold: FoldConfig = FoldConfig()
+    blur: BlurConfig = BlurConfig()
+    slide_check: CheckAction = Field(
+        CheckAction.ERROR,
+        description="error: refuse a slide whose tissue spots are mostly under ink, folded or "
+        "blurred (the measured shares in the message); warn: log them and go on; off: record",
+    )
+    max_slide_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="the share of a slide's tissue spots one artefact may take before the "
+        "slide check acts",
+    )
 
 
 class TissueConfig(_Section):
@@ -54,12 +156,13 @@ class TissueConfig(_Section):
     min_hole_um2: float = Field(
         20000.0, ge=0, description="holes in tissue smaller than this are filled (µm²)"
     )
-    stain_check: StainCheck = Field(
-        StainCheck.ERROR,
+    stain_check: CheckAction = Field(
+        CheckAction.ERROR,
         description="error: refuse a slide whose tissue is clearly not H&E (IHC's DAB brown, "
         "or another stain), naming the measured numbers; warn: log them and go on; off: only "
         "record them (a dark fluorescence slide is refused whatever this says)",
     )
+    artifacts: ArtifactsConfig = ArtifactsConfig()
 
 
 class GridConfig(_Section):

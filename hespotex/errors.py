@@ -73,6 +73,11 @@ class WrongStainError(SlideError):
     measurements are in the message."""
 
 
+class SlideQualityError(SlideError):
+    """The slide's tissue is mostly under ink, folded or out of focus: the measured shares are
+    in the message."""
+
+
 class SlideTooSmallError(NoTissueError):
     """The whole slide is smaller than one patch."""
 

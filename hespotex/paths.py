@@ -31,6 +31,11 @@ class SlidePaths:
         return self.root / "tissue_mask.png"
 
     @property
+    def artifacts_mask(self) -> Path:
+        """Ink labels and folds at the tissue mask's resolution (``stages.artifacts``)."""
+        return self.root / "artifacts_mask.png"
+
+    @property
     def thumbnail(self) -> Path:
         return self.root / "thumbnail.png"
 
@@ -43,8 +48,22 @@ class SlidePaths:
         return self.root / "qc" / "tissue_overlay.png"
 
     @property
+    def quality_picture(self) -> Path:
+        """The QC picture: tissue outline, artefacts, dropped and flagged spots, a legend."""
+        return self.root / "qc" / "quality.png"
+
+    @property
     def spots(self) -> Path:
         return self.root / "spots.tsv"
+
+    @property
+    def dropped_spots(self) -> Path:
+        return self.root / "spots_dropped.tsv"
+
+    @property
+    def spot_qc(self) -> Path:
+        """The tiles stage's QC counts, shares and slide verdict."""
+        return self.root / "qc" / "spot_qc.json"
 
     @property
     def features(self) -> Path:

@@ -67,10 +67,23 @@ def tissue_on_glass(he_tile: np.ndarray, size: tuple[int, int], box: tuple[int, 
     return image
 
 
+def inked(image: np.ndarray, box: tuple[int, int, int, int], colour: str = "blue") -> np.ndarray:
+    """``image`` with marker ink of ``colour`` drawn over ``box`` (x0, y0, x1, y1): the ink's
+    optical density added to the pixels', as a real marker's."""
+    from hespotex.training.planted_artifacts import INK_OD, from_density, optical_density
+
+    x0, y0, x1, y1 = box
+    out = image.copy()
+    density = optical_density(out[y0:y1, x0:x1]) + 0.9 * np.asarray(INK_OD[colour])
+    out[y0:y1, x0:x1] = from_density(density)
+    return out
+
+
 @pytest.fixture(scope="session")
 def small_pyramids(tmp_path_factory, he_tile) -> dict[str, Path]:
     """Pyramidal JPEG TIFFs of real H&E pixels: one at 0.25 µm/px with resolution tags,
-    one without any resolution (its mpp must come from the sheet)."""
+    one without any resolution (its mpp must come from the sheet), and one at 0.25 µm/px
+    mostly under marker ink."""
     from hespotex.io.pyramids import write_pyramid_tiff
 
     folder = tmp_path_factory.mktemp("pyramids")
@@ -80,7 +93,11 @@ def small_pyramids(tmp_path_factory, he_tile) -> dict[str, Path]:
     write_pyramid_tiff(
         untagged, tissue_on_glass(he_tile, (1800, 1600), (200, 200, 1600, 1400)), None
     )
-    return {"tagged": tagged, "untagged": untagged}
+    # Blue marker over the middle of the tissue, most of it: quality control refuses it.
+    inked_slide = folder / "inked.tif"
+    tissue = tissue_on_glass(he_tile, (3000, 2400), (400, 300, 2600, 2100))
+    write_pyramid_tiff(inked_slide, inked(tissue, (700, 250, 2300, 2150)), 0.25)
+    return {"tagged": tagged, "untagged": untagged, "inked": inked_slide}
 
 
 @pytest.fixture(scope="session")
@@ -150,7 +167,7 @@ def run_slide(config, slide_id: str = "svs", path: Path = SVS, outputs: bool = T
 
     with open_slide(path, slide_id) as slide:
         run_tissue(slide, slide_id, config)
-        run_tiles(slide_id, config)
+        run_tiles(slide, slide_id, config)
         run_features(slide, slide_id, config)
         run_graph(slide_id, config)
         run_decode(slide_id, config)

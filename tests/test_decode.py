@@ -253,7 +253,7 @@ def test_a_checkpoint_scaled_by_nucleus_counts_decodes_with_the_features_stage_c
     paths = SlidePaths(config.results, "svs")
     with open_slide(SVS, "svs") as slide:
         run_tissue(slide, "svs", config)
-        run_tiles("svs", config)
+        run_tiles(slide, "svs", config)
         run_features(slide, "svs", unscaled_config)
         run_graph("svs", config)
         assert read_feature_store(paths.features).nucleus_counts is None

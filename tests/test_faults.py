@@ -59,13 +59,15 @@ def test_slide_smaller_than_one_patch_is_refused(tmp_path, he_tile):
 def test_no_tissue_and_tissue_smaller_than_a_spot_fail_at_tiling(tmp_path, he_tile):
     config = _config(tmp_path)
     glass = np.full((2000, 2000, 3), 244, dtype=np.uint8)
-    run_tissue(_array_slide(glass, 0.5, "glass.tif"), "glass", config)
+    glass_slide = _array_slide(glass, 0.5, "glass.tif")
+    run_tissue(glass_slide, "glass", config)
     with pytest.raises(NoTissueError, match=r"glass\.tif: no spot .*tissue found: 0\.000 mm²"):
-        run_tiles("glass", config)
-    speck = tissue_on_glass(he_tile, (2000, 2000), (900, 900, 960, 960))
-    run_tissue(_array_slide(speck, 0.5, "speck.tif"), "speck", config)
+        run_tiles(glass_slide, "glass", config)
+    speck_image = tissue_on_glass(he_tile, (2000, 2000), (900, 900, 960, 960))
+    speck = _array_slide(speck_image, 0.5, "speck.tif")
+    run_tissue(speck, "speck", config)
     with pytest.raises(NoTissueError, match=r"speck\.tif: no spot"):
-        run_tiles("speck", config)
+        run_tiles(speck, "speck", config)
     assert not SlidePaths(tmp_path, "speck").spots.exists()
 
 

@@ -31,7 +31,7 @@ def svs_features(tmp_path_factory):
     )
     with open_slide(SVS, "svs") as slide:
         run_tissue(slide, "svs", config)
-        run_tiles("svs", config)
+        run_tiles(slide, "svs", config)
         run_features(slide, "svs", config)
     return SlidePaths(results, "svs")
 

@@ -12,6 +12,7 @@ from conftest import SVS
 from hespotex.errors import ConfigError
 from hespotex.outputs.qc import timed_stage, write_slide_qc
 from hespotex.paths import STAGES, SlidePaths
+from hespotex.stages.tiles import read_spots
 
 
 def test_the_outputs_stage_draws_every_configured_gene(decoded):
@@ -138,10 +139,20 @@ def test_qupath_geojson_has_spots_at_true_size_with_expression_and_the_tissue(de
     annotations = [
         f for f in collection["features"] if f["properties"]["objectType"] == "annotation"
     ]
-    assert [f["id"] for f in detections] == list(adata.obs_names)
+    kept, dropped = detections[: adata.n_obs], detections[adata.n_obs :]
+    assert [f["id"] for f in kept] == list(adata.obs_names)
+    dropped_spots = read_spots(paths.dropped_spots)
+    assert [f["id"] for f in dropped] == list(dropped_spots["spot_id"])
+    for feature, reasons in zip(dropped, dropped_spots["qc_reasons"], strict=True):
+        assert feature["properties"]["classification"]["name"] == f"QC dropped: {reasons}"
+        assert feature["properties"]["measurements"].keys() >= {"tissue_fraction", "ink_fraction"}
     spacing_px = config.grid.spacing_um / float(adata.uns["hespotex"]["mpp"])
-    for feature, centre, value in zip(
-        detections, adata.obsm["spatial"], adata[:, "PLANTED_HEMATOXYLIN"].X.ravel(), strict=True
+    for feature, centre, value, (_, spot) in zip(
+        kept,
+        adata.obsm["spatial"],
+        adata[:, "PLANTED_HEMATOXYLIN"].X.ravel(),
+        adata.obs.iterrows(),
+        strict=True,
     ):
         ring = np.array(feature["geometry"]["coordinates"][0])
         assert feature["geometry"]["type"] == "Polygon" and len(ring) == 7
@@ -152,10 +163,15 @@ def test_qupath_geojson_has_spots_at_true_size_with_expression_and_the_tissue(de
         # A hexagon of the hexagonal lattice: area √3/2 · spacing², as the lattice's cell.
         assert area == pytest.approx(np.sqrt(3) / 2 * spacing_px**2, rel=1e-3)
         assert feature["properties"]["measurements"] == {
-            "PLANTED_HEMATOXYLIN": pytest.approx(float(value), abs=1e-4)
+            "PLANTED_HEMATOXYLIN": pytest.approx(float(value), abs=1e-4),
+            "tissue_fraction": pytest.approx(spot["tissue_fraction"], abs=1e-4),
+            "ink_fraction": pytest.approx(spot["ink_fraction"], abs=1e-4),
+            "fold_fraction": pytest.approx(spot["fold_fraction"], abs=1e-4),
+            "blur_score": pytest.approx(spot["blur_score"], abs=1e-4),
         }
-    assert len(annotations) == 1
-    tissue = annotations[0]
+        flagged = feature["properties"].get("classification", {}).get("name")
+        assert flagged == (f"QC flagged: {spot['qc_reasons']}" if spot["qc"] == "flagged" else None)
+    tissue = next(f for f in annotations if f["id"] == "tissue")
     assert tissue["properties"]["classification"]["name"] == "Tissue"
     outline = np.concatenate(
         [np.array(polygon[0]) for polygon in tissue["geometry"]["coordinates"]]
@@ -183,3 +199,21 @@ def test_tissue_outlines_are_outer_rings_only_even_around_a_hole():
 def read_tissue_size(paths: SlidePaths) -> tuple[int, int]:
     record = json.loads(paths.tissue_record.read_text())
     return record["width_px"], record["height_px"]
+
+
+def test_every_spot_carries_its_qc_scores_and_decision_into_the_map_and_qc_json(decoded):
+    _, paths = decoded
+    adata = ad.read_h5ad(paths.expression)
+    spots = read_spots(paths.spots)
+    for column in ("tissue_fraction", "ink_fraction", "fold_fraction", "blur_score"):
+        assert np.allclose(adata.obs[column].to_numpy(), spots[column].to_numpy())
+    assert set(adata.obs["qc"]) <= {"ok", "flagged"}
+    assert adata.obs["blur_score"].between(0, 1).all()
+    qc = json.loads(paths.qc.read_text())
+    summary = json.loads(paths.spot_qc.read_text())
+    assert qc["quality_control"] == summary == adata.uns["hespotex"]["quality_control"]
+    assert summary["kept"] == adata.n_obs == qc["spots"]
+    assert summary["tissue_spots"] == summary["kept"] + summary["dropped"]
+    assert summary["dropped"] == len(read_spots(paths.dropped_spots))
+    assert set(summary["shares"]) == {"ink", "fold", "blur"}
+    assert qc["ink_area_mm2"] == {} and qc["fold_area_mm2"] >= 0

@@ -89,7 +89,7 @@ def test_features_stage_runs_the_exported_model(tmp_path):
     assert isinstance(build_runner(onnx_config), OnnxRunner)
     with open_slide(SVS, "svs") as slide:
         run_tissue(slide, "svs", onnx_config)
-        run_tiles("svs", onnx_config)
+        run_tiles(slide, "svs", onnx_config)
         written = run_features(slide, "svs", onnx_config)["spots"]
         paths = SlidePaths(results, "svs")
         from_onnx = read_feature_store(paths.features)

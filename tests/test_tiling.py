@@ -4,7 +4,8 @@ from conftest import TEST_ENCODER
 from scipy.spatial import cKDTree
 
 from hespotex.config import GridConfig, parse_config
-from hespotex.stages.tiles import footprint_tissue_fraction, lattice_um, plan_spots
+from hespotex.stages.spot_qc import SlideMaps, footprint_fraction
+from hespotex.stages.tiles import lattice_um, plan_spots
 from hespotex.stages.tissue import TissueRecord
 
 
@@ -37,7 +38,7 @@ def test_tissue_fraction_matches_brute_force():
     mask = rng.random((60, 80)) > 0.6
     mask_mpp = 5.0
     centres = rng.uniform(0, 400, size=(50, 2))
-    fraction = footprint_tissue_fraction(mask, mask_mpp, centres, 50.0)
+    fraction = footprint_fraction(mask, mask_mpp, centres, 50.0)
     for (x, y), value in zip(centres, fraction, strict=True):
         x0, x1 = int(np.clip(round(x / 5 - 5), 0, 80)), int(np.clip(round(x / 5 + 5), 0, 80))
         y0, y1 = int(np.clip(round(y / 5 - 5), 0, 60)), int(np.clip(round(y / 5 + 5), 0, 60))
@@ -61,7 +62,9 @@ def test_spots_keep_tissue_and_convert_microns_to_level0_pixels():
         hespotex_version="test",
     )
     config = parse_config({"encoder": TEST_ENCODER})
-    spots = plan_spots(mask, record, config)
+    no_ink = np.zeros(mask.shape, dtype=np.uint8)
+    maps = SlideMaps(tissue=mask, ink=no_ink, fold=no_ink > 0, mask_mpp=10.0)
+    spots = plan_spots(maps, record, config, slide=None)
     assert len(spots) > 0
     assert np.allclose(spots.x_px, spots.x_um / 0.25)
     assert np.allclose(spots.y_px, spots.y_um / 0.25)

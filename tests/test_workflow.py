@@ -61,7 +61,11 @@ def outputs_of(results: Path, slide_id: str) -> list[Path]:
         paths.thumbnail,
         paths.tissue_qc,
         paths.tissue_record,
+        paths.artifacts_mask,
         paths.spots,
+        paths.dropped_spots,
+        paths.spot_qc,
+        paths.quality_picture,
         paths.features,
         paths.graph,
         paths.expression,
@@ -130,6 +134,8 @@ def test_cohort_tables_cover_every_slide(cohort_run):
     assert (summary["status"] == "done").all()
     assert (summary[[f"{stage}_s" for stage in STAGES]] > 0).all().all()
     assert summary.loc["untagged", "mpp_source"] == "sample sheet"
+    assert (summary["qc_verdict"] == "pass").all()
+    assert (summary[["ink_share", "spots_dropped", "ink_area_mm2"]] == 0).all().all()
     pseudobulk = pd.read_csv(cohort.pseudobulk, sep="\t", index_col="slide_id")
     assert list(pseudobulk.index) == list(summary.index)
     for slide_id in summary.index:
@@ -146,8 +152,9 @@ def test_snakemake_report_gathers_qc_heatmaps_top_patches_and_the_summary(cohort
     result = run_snakemake(folder, config, "--report", str(report))
     assert result.returncode == 0, result.stderr[-3000:]
     html = report.read_text()
-    for category in ("Tissue QC", "Heatmaps", "Top patches", "Cohort"):
+    for category in ("Quality control", "Tissue QC", "Heatmaps", "Top patches", "Cohort"):
         assert category in html
+    assert html.count("quality.png") >= len(COHORT_SLIDES)
     # A heatmap and a montage per slide.
     assert html.count("PLANTED_HEMATOXYLIN.png") >= 2 * len(COHORT_SLIDES)
     for slide_id in COHORT_SLIDES:
@@ -250,9 +257,10 @@ def test_bad_sample_sheet_stops_before_any_job_naming_the_row(tmp_path, trained_
 def test_bad_slides_fail_alone_and_the_next_run_retries_only_them(
     tmp_path, small_pyramids, trained_checkpoint
 ):
-    """Bad slides in the middle of one batch (every job here runs all four slides): the good
+    """Bad slides in the middle of one batch (every job here runs all five slides): the good
     slide is finished in the same run, the run ends with an error naming the bad ones, and a
-    rerun retries only them; once a file is repaired, the rerun finishes it."""
+    rerun retries only them; once a file is repaired, the rerun finishes it. The slide mostly
+    under ink is refused by quality control, its QC picture in the gallery for review."""
     truncated = tmp_path / "truncated.tif"
     data = small_pyramids["tagged"].read_bytes()
     truncated.write_bytes(data[: len(data) // 3])
@@ -264,19 +272,22 @@ def test_bad_slides_fail_alone_and_the_next_run_retries_only_them(
             ("good", SVS, None),
             ("rejected", OPENSLIDE_REJECTS, None),
             ("missing", missing, None),
+            ("inked", small_pyramids["inked"], None),
         ],
     )
     config = write_config(tmp_path, sheet, trained_checkpoint)
     result = run_snakemake(tmp_path, config, "--cores", "2")
     assert result.returncode != 0
-    assert "3 of 4 slide(s) failed" in result.stderr
+    assert "4 of 5 slide(s) failed" in result.stderr
     results = tmp_path / "results"
     assert SlidePaths(results, "good").expression.is_file()
     causes = {
         "truncated": str(truncated),
         "rejected": "Couldn't get image flavor",
         "missing": "does not exist",
+        "inked": "the slide's tissue is mostly under ink",
     }
+    stages = {slide_id: "tissue" for slide_id in causes} | {"inked": "tiles"}
     for slide_id, cause in causes.items():
         assert not SlidePaths(results, slide_id).expression.exists()
         logs = "".join(p.read_text() for p in (tmp_path / "logs").glob(f"*/{slide_id}.log"))
@@ -284,20 +295,25 @@ def test_bad_slides_fail_alone_and_the_next_run_retries_only_them(
         assert error_lines, f"no error logged for {slide_id}"
         assert any(cause in line for line in error_lines), error_lines
         assert any(f"[slide {slide_id}]" in line for line in error_lines)
-        assert f"  {slide_id}: tissue: " in result.stderr
+        assert f"  {slide_id}: {stages[slide_id]}: " in result.stderr
     assert not list(results.rglob("*.tmp"))
     cohort = CohortPaths(results)
     summary = pd.read_csv(cohort.summary, sep="\t", index_col="slide_id", keep_default_na=False)
     assert summary.loc["good", "status"] == "done"
     for slide_id, cause in causes.items():
         assert summary.loc[slide_id, "status"] == "failed"
-        assert summary.loc[slide_id, "failed_stage"] == "tissue"
+        assert summary.loc[slide_id, "failed_stage"] == stages[slide_id]
         assert cause in summary.loc[slide_id, "reason"]
+    assert summary.loc["inked", "qc_verdict"] == "fail: ink"
+    assert float(summary.loc["inked", "ink_share"]) > 0.5
+    assert not SlidePaths(results, "inked").spots.exists()
+    gallery = cohort.gallery("quality")
+    assert sorted(path.parent.name for path in gallery.glob("*/quality.png")) == ["good", "inked"]
     assert list(pd.read_csv(cohort.pseudobulk, sep="\t", index_col=0).index) == ["good"]
 
     finished = {path: path.stat().st_mtime_ns for path in outputs_of(results, "good")}
     retry = run_snakemake(tmp_path, config, "--cores", "2")
-    assert retry.returncode != 0 and "3 of 4 slide(s) failed" in retry.stderr
+    assert retry.returncode != 0 and "4 of 5 slide(s) failed" in retry.stderr
     for path, mtime in finished.items():
         assert path.stat().st_mtime_ns == mtime, f"{path} was recomputed"
     failures = RunPaths(results).shard_failures("prepare", "00000").read_text().splitlines()
@@ -305,7 +321,7 @@ def test_bad_slides_fail_alone_and_the_next_run_retries_only_them(
 
     truncated.write_bytes(data)
     repaired = run_snakemake(tmp_path, config, "--cores", "2")
-    assert repaired.returncode != 0 and "2 of 4 slide(s) failed" in repaired.stderr
+    assert repaired.returncode != 0 and "3 of 5 slide(s) failed" in repaired.stderr
     for path in outputs_of(results, "truncated"):
         assert path.exists(), path
     for path, mtime in finished.items():

@@ -144,7 +144,7 @@ def _tissue(job: SlideJob) -> None:
 def _tiles(job: SlideJob) -> None:
     from hespotex.stages.tiles import run_tiles
 
-    run_tiles(job.slide_id, job.config)
+    run_tiles(job.slide(), job.slide_id, job.config)
 
 
 def _features(job: SlideJob) -> dict[str, float]:

@@ -69,6 +69,12 @@ def write_png(final: Path, image: np.ndarray | Image.Image) -> None:
         picture.save(tmp, format="PNG")
 
 
+def read_png(path: Path) -> np.ndarray:
+    """A PNG this package wrote, as its array (RGB, or one channel)."""
+    with Image.open(path) as image:
+        return np.asarray(image)
+
+
 def write_tsv(final: Path, table: Any) -> None:
     with atomic_path(final) as tmp:
         table.to_csv(tmp, sep="\t", index=False)

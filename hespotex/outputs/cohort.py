@@ -1,13 +1,13 @@
 """Cohort tables under ``results/cohort/``: where every slide stands, and pseudo-bulk expression.
 
-``summary.tsv`` has one row per slide of the sheet: ``done`` (with spots, area and per-stage
-timings from its ``qc.json``), ``failed`` (the first stage without a finished record and the
-error its log ends on) or ``not run``. ``pseudobulk.tsv`` is slides × genes, each slide's
-mean predicted expression over its spots (every spot of the grid is a tissue spot), the
-quantity the paper compares with bulk RNA-seq. It is computed with dask, a window of slides
-at a time, each slide's means read chunk by chunk from its ``expression.h5ad``, so memory
-stays bounded however many slides the cohort has.
-"""
+``summary.tsv`` has one row per slide of the sheet: ``done`` (with spots, area and per-stage timings
+from its ``qc.json``), ``failed`` (the first stage without a finished record and the error its log
+ends on) or ``not run``, with its quality control as far as it got (verdict, spots flagged and
+dropped, each artefact's share of the tissue spots, ink and fold areas). ``pseudobulk.tsv`` is
+slides × genes, each slide's mean predicted expression over its spots (every spot of the grid is a
+tissue spot), the quantity the paper compares with bulk RNA-seq. It is computed with dask, a window
+of slides at a time, each slide's means read chunk by chunk from its ``expression.h5ad``, so memory
+stays bounded however many slides the cohort has."""
 
 from __future__ import annotations
 
@@ -50,9 +50,39 @@ def _last_error(log: Path) -> str:
     return f"no error logged; the log ends with: {lines[-1]}"
 
 
+QUALITY_COLUMNS = [
+    "qc_verdict",
+    "spots_flagged",
+    "spots_dropped",
+    "ink_share",
+    "fold_share",
+    "blur_share",
+    "ink_area_mm2",
+    "fold_area_mm2",
+]
+
+
+def quality_columns(paths: SlidePaths) -> dict:
+    """The slide's artefacts as far as its stages got: ink and fold areas from the tissue
+    stage, the tiles stage's verdict, counts and shares (a slide its QC failed has them too)."""
+    row: dict = {}
+    if paths.tissue_record.is_file():
+        record = json.loads(paths.tissue_record.read_text())
+        row["ink_area_mm2"] = round(sum((record.get("ink_area_mm2") or {}).values()), 4)
+        row["fold_area_mm2"] = record.get("fold_area_mm2")
+    if paths.spot_qc.is_file():
+        qc = json.loads(paths.spot_qc.read_text())
+        row.update(
+            qc_verdict=qc["verdict"], spots_flagged=qc["flagged"], spots_dropped=qc["dropped"]
+        )
+        row.update({f"{artefact}_share": share for artefact, share in qc["shares"].items()})
+    return row
+
+
 def slide_status(config: PipelineConfig, slide_id: str) -> dict:
     paths = SlidePaths(config.results, slide_id)
     row: dict = {"slide_id": slide_id, "status": NOT_RUN, "failed_stage": "", "reason": ""}
+    row.update(quality_columns(paths))
     if paths.qc.is_file():
         qc = json.loads(paths.qc.read_text())
         row["status"] = DONE
@@ -78,7 +108,7 @@ def slide_status(config: PipelineConfig, slide_id: str) -> dict:
 def write_summary(config: PipelineConfig, slide_ids: Sequence[str]) -> pd.DataFrame:
     stage_columns = [f"{stage}_s" for stage in STAGES]
     columns = ["slide_id", "status", "failed_stage", "reason", "spots", "tissue_area_mm2"]
-    columns += ["mpp", "mpp_source", *stage_columns, "total_s"]
+    columns += ["mpp", "mpp_source", *QUALITY_COLUMNS, *stage_columns, "total_s"]
     table = pd.DataFrame([slide_status(config, slide_id) for slide_id in slide_ids])
     table = table.reindex(columns=columns)
     write_tsv(CohortPaths(config.results).summary, table)
@@ -142,7 +172,15 @@ def write_pseudobulk(
     return len(entries), len(genes or [])
 
 
-GALLERY_KINDS = ("tissue_qc", "heatmaps", "top_patches")
+GALLERY_KINDS = ("quality", "tissue_qc", "heatmaps", "top_patches")
+
+
+def gallery_images(paths: SlidePaths, kind: str) -> list[Path]:
+    if kind == "quality":
+        return [paths.quality_picture]
+    if kind == "tissue_qc":
+        return [paths.tissue_qc]
+    return sorted(getattr(paths, kind).glob("*.png"))
 
 
 def _link(source: Path, target: Path) -> None:
@@ -154,22 +192,17 @@ def _link(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
-def write_gallery(config: PipelineConfig, slide_ids: Sequence[str]) -> None:
-    """``cohort/gallery/{kind}/{slide}/...``: the finished slides' tissue QC overlays,
-    heatmaps and top-patch montages, linked in one place so that `snakemake --report` can list
-    them as the cohort rule's outputs."""
+def write_gallery(config: PipelineConfig, done: Sequence[str], tried: Sequence[str]) -> None:
+    """``cohort/gallery/{kind}/{slide}/...``: the QC pictures of every slide that got that far
+    (``tried``: those quality control refused above all), and the finished slides' (``done``)
+    tissue overlays, heatmaps and top-patch montages, linked in one place so that
+    `snakemake --report` can list them as the cohort rule's outputs."""
     cohort = CohortPaths(config.results)
     for kind in GALLERY_KINDS:
         with atomic_path(cohort.gallery(kind)) as tmp:
             tmp.mkdir(parents=True)
-            for slide_id in slide_ids:
-                paths = SlidePaths(config.results, slide_id)
-                images = (
-                    [paths.tissue_qc]
-                    if kind == "tissue_qc"
-                    else sorted(getattr(paths, kind).glob("*.png"))
-                )
-                for image in images:
+            for slide_id in tried if kind == "quality" else done:
+                for image in gallery_images(SlidePaths(config.results, slide_id), kind):
                     if image.is_file():
                         _link(image, tmp / slide_id / image.name)
 
@@ -180,7 +213,7 @@ def run_cohort(config: PipelineConfig, workers: int = 2) -> pd.DataFrame:
     done = summary.loc[summary["status"] == DONE, "slide_id"]
     entries = [(slide_id, SlidePaths(config.results, slide_id).expression) for slide_id in done]
     slides, genes = write_pseudobulk(entries, CohortPaths(config.results).pseudobulk, workers)
-    write_gallery(config, list(done))
+    write_gallery(config, list(done), slide_ids)
     counts = summary["status"].value_counts()
     logger.info(
         "%d slide(s) done, %d failed, %d not run; pseudo-bulk of %d slide(s) × %d genes in %s",

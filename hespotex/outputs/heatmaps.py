@@ -9,8 +9,10 @@ import anndata as ad
 import numpy as np
 
 from hespotex.io.atomic import atomic_path
-from hespotex.outputs.figures import plt, save_figure
+from hespotex.io.figures import plt, save_figure
 from hespotex.stages.tiles import spot_outline
+
+FLAGGED_EDGE = "#00e5ff"
 
 
 def gene_trust(var, gene: str) -> str:
@@ -24,9 +26,17 @@ def gene_trust(var, gene: str) -> str:
     return f" ({', '.join(scores)})" if scores else ""
 
 
+def flagged_spots(obs) -> np.ndarray:
+    """The spots quality control flagged (none in maps made before it existed)."""
+    if "qc" not in obs.columns:
+        return np.zeros(len(obs), dtype=bool)
+    return (obs["qc"] == "flagged").to_numpy()
+
+
 def write_heatmap(path: Path, adata: ad.AnnData, library_id: str, gene: str, layout: str) -> None:
     """The H&E thumbnail beside the spots coloured by ``gene`` over a faded copy of it, each
-    spot drawn as the cell it owns in the grid (hexagon or square), so they tile the tissue."""
+    spot drawn as the cell it owns in the grid (hexagon or square), so they tile the tissue;
+    the spots quality control flagged are outlined."""
     spatial = adata.uns["spatial"][library_id]
     image = spatial["images"]["hires"]
     scale = spatial["scalefactors"]["tissue_hires_scalef"]
@@ -38,6 +48,7 @@ def write_heatmap(path: Path, adata: ad.AnnData, library_id: str, gene: str, lay
 
     collection = PolyCollection(cells, cmap="magma", alpha=0.85, linewidths=0)
     collection.set_array(values)
+    flagged = flagged_spots(adata.obs)
     height, width = image.shape[:2]
     figure, (tissue_axes, axes) = plt.subplots(
         1, 2, figsize=(14, 7 * height / max(width, 1) + 0.8), dpi=100
@@ -46,7 +57,16 @@ def write_heatmap(path: Path, adata: ad.AnnData, library_id: str, gene: str, lay
     tissue_axes.set_title(f"{library_id}: H&E")
     axes.imshow(image, alpha=0.5)
     axes.add_collection(collection)
-    axes.set_title(f"predicted {gene}{gene_trust(adata.var, gene)}")
+    title = f"predicted {gene}{gene_trust(adata.var, gene)}"
+    if flagged.any():
+        # Outlined over the colours, so a flagged spot's value still shows.
+        axes.add_collection(
+            PolyCollection(
+                cells[flagged], facecolors="none", edgecolors=FLAGGED_EDGE, linewidths=0.8
+            )
+        )
+        title += f"\n{int(flagged.sum()):,} spots flagged by QC outlined"
+    axes.set_title(title)
     for panel in (tissue_axes, axes):
         panel.set_xlim(0, width)
         panel.set_ylim(height, 0)

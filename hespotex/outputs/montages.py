@@ -15,9 +15,9 @@ import numpy as np
 
 from hespotex.config import FeaturesConfig
 from hespotex.io.atomic import atomic_path
+from hespotex.io.figures import plt, save_figure
 from hespotex.io.slide import Slide
 from hespotex.model.stain import StainTransform
-from hespotex.outputs.figures import plt, save_figure
 
 PATCH_INCHES = 1.6
 

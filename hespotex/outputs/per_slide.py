@@ -2,7 +2,8 @@
 
 For each gene of ``outputs.genes``: a heatmap over the thumbnail (``heatmaps/``) and the
 patches of highest and lowest prediction (``top_patches/``); for every spot, its predicted
-genes as QuPath measurements with the tissue outline (``qupath.geojson``). Each writer takes
+genes and quality-control scores as QuPath measurements, with the dropped spots and the
+outlines of tissue, ink and folds (``qupath.geojson``). Each writer takes
 the decoded AnnData and works alone; this module reads the slide's files and calls them.
 """
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 
 from hespotex.config import PipelineConfig
 from hespotex.errors import ConfigError
@@ -23,7 +25,8 @@ from hespotex.outputs.heatmaps import write_heatmaps
 from hespotex.outputs.montages import write_top_patch_montages
 from hespotex.outputs.qupath import write_qupath_geojson
 from hespotex.paths import SlidePaths
-from hespotex.stages.tissue import TissueRecord, read_mask
+from hespotex.stages.tiles import SPOT_COLUMNS, read_maps, read_spots
+from hespotex.stages.tissue import TissueRecord
 
 logger = logging.getLogger(__name__)
 
@@ -67,14 +70,20 @@ def write_slide_outputs(slide: Slide, slide_id: str, config: PipelineConfig) -> 
         config.features,
         feature_stain_transform(paths.features),
     )
+    maps = read_maps(paths, record)
+    dropped = (
+        read_spots(paths.dropped_spots)
+        if paths.dropped_spots.is_file()
+        else pd.DataFrame(columns=SPOT_COLUMNS)
+    )
     write_qupath_geojson(
         paths.qupath,
-        list(adata.obs_names),
-        centres,
+        adata.obs.rename_axis("spot_id").reset_index(),
         predictions,
+        dropped,
         config.grid.layout,
         config.grid.spacing_um / record.mpp,
-        read_mask(paths.tissue_mask),
+        {"Tissue": maps.tissue, "Ink": maps.ink > 0, "Fold": maps.fold},
         record.mask_downsample,
         (record.width_px, record.height_px),
     )

@@ -1,10 +1,11 @@
 """Per-slide QC: what each stage cost, and ``qc.json``, what a slide's results rest on.
 
 Every stage command records its wall time and peak memory in ``qc/timings/{stage}.json``
-once it has succeeded (``timed_stage``); the outputs stage, the last, ends by writing
-``qc.json``, which gathers them with the slide's spot count, tissue area, resolution (and
-where it came from), its stain check, the stain normalisation its patches went through and
-the encoder and checkpoint identities, so a result can be traced and a slow or odd slide
+once it has succeeded (``timed_stage``); the outputs stage, the last, ends by writing ``qc.json``,
+which gathers them with the slide's spot count, tissue area, resolution (and where it came from),
+its stain check, the ink and fold areas and the tiles stage's quality control (spots kept, flagged
+and dropped, shares per artefact, the slide's verdict), the stain normalisation its patches went
+through and the encoder and checkpoint identities, so a result can be traced and a slow or odd slide
 spotted from one file.
 """
 
@@ -100,6 +101,11 @@ def write_slide_qc(config: PipelineConfig, slide_id: str) -> dict:
         "mpp_source": record.mpp_source,
         "tissue_area_mm2": record.tissue_area_mm2,
         "stain_check": record.stain_check,
+        "ink_area_mm2": record.ink_area_mm2,
+        "fold_area_mm2": record.fold_area_mm2,
+        "quality_control": (
+            json.loads(paths.spot_qc.read_text()) if paths.spot_qc.is_file() else None
+        ),
         "spots": spot_count,
         "grid": {"layout": config.grid.layout, "spacing_um": config.grid.spacing_um},
         "encoder": {

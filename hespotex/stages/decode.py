@@ -22,12 +22,11 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 
 from hespotex import __version__
 from hespotex.config import NucleusCounter, PipelineConfig
 from hespotex.errors import ConfigError, InputDataError
-from hespotex.io.atomic import atomic_path
+from hespotex.io.atomic import atomic_path, read_png
 from hespotex.io.stores import FeatureStore, StoreKeys, read_feature_store, read_graph_store
 from hespotex.model.checkpoint import (
     CheckpointMeta,
@@ -40,6 +39,7 @@ from hespotex.model.runners import pick_device
 from hespotex.model.stain import StainSetting
 from hespotex.model.streams import ImageStream, nucleus_scale
 from hespotex.paths import SlidePaths
+from hespotex.stages.spot_qc import QcSummary
 from hespotex.stages.tiles import read_spots
 from hespotex.stages.tissue import TissueRecord
 
@@ -154,8 +154,7 @@ def run_decode(
     step = config.outputs.expression_step
     if step:
         prediction = np.round(prediction / step) * step
-    with Image.open(paths.thumbnail) as image:
-        thumbnail = np.asarray(image.convert("RGB"))
+    thumbnail = read_png(paths.thumbnail)
     provenance = {
         "hespotex_version": __version__,
         "checkpoint": str(config.decode.checkpoint),
@@ -172,6 +171,9 @@ def run_decode(
         "trained_on": meta.trained_on,
         "gene_scores": meta.gene_score_sources,
         "min_gene_pearson": config.outputs.min_gene_pearson,
+        "quality_control": (
+            QcSummary.read(paths.spot_qc).as_record() if paths.spot_qc.is_file() else {}
+        ),
     }
     kept = meta.genes_kept(config.outputs.min_gene_pearson, config.decode.checkpoint)
     if len(kept) < len(meta.genes):

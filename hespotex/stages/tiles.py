@@ -1,9 +1,11 @@
 """Stage 2, tiles: the spot grid over the tissue.
 
 The grid is defined in microns (a hexagonal Visium-like lattice, or a square one) and converted
-once to level-0 pixels. A spot is kept when its patch footprint (``patch_px × patch_mpp`` µm
-square) is mostly tissue; the share is read from the mask's integral image, so the cost does
-not depend on the patch size.
+once to level-0 pixels. Every spot whose patch footprint (``patch_um`` square) holds tissue
+is scored and decided by quality control (``hespotex.stages.spot_qc``): too little tissue,
+ink, folds, blur. ``spots.tsv`` holds the spots going on to the features stage, with their
+scores and ``qc`` (ok or flagged); ``spots_dropped.tsv`` the others, with their reasons;
+``qc/spot_qc.json`` the counts and the slide's verdict; ``qc/quality.png`` the picture.
 """
 
 from __future__ import annotations
@@ -14,19 +16,30 @@ import math
 import numpy as np
 import pandas as pd
 
-from hespotex.config import GridConfig, PipelineConfig
+from hespotex.config import ArtifactAction, GridConfig, PipelineConfig
 from hespotex.errors import NoTissueError
-from hespotex.io.atomic import write_tsv
+from hespotex.io.atomic import read_png, write_tsv
+from hespotex.io.slide import Slide
 from hespotex.paths import SlidePaths
-from hespotex.stages.tissue import TissueRecord, read_mask
-from hespotex.units import Microns
+from hespotex.stages.quality_picture import draw_quality_picture
+from hespotex.stages.spot_qc import (
+    QC_COLUMNS,
+    Decision,
+    SlideMaps,
+    blur_scores,
+    check_slide,
+    decide,
+    score_footprints,
+    summarise,
+)
+from hespotex.stages.tissue import TissueRecord, read_artifacts, read_mask
 
 logger = logging.getLogger(__name__)
 
 # Spots are numbered block by block (blocks of this many µm, raster order inside), so that the
 # features stage reads each block's patches from one region (≈2,000 px at 0.5 µm/px).
 READ_BLOCK_UM = 900.0
-SPOT_COLUMNS = ["spot_id", "x_px", "y_px", "x_um", "y_um", "tissue_fraction"]
+SPOT_COLUMNS = ["spot_id", "x_px", "y_px", "x_um", "y_um", "tissue_fraction", *QC_COLUMNS]
 
 
 def lattice_um(width_um: float, height_um: float, grid: GridConfig) -> np.ndarray:
@@ -55,25 +68,6 @@ def spot_outline(layout: str, spacing_px: float) -> np.ndarray:
     return np.array([[-half, -half], [half, -half], [half, half], [-half, half]])
 
 
-def footprint_tissue_fraction(
-    mask: np.ndarray, mask_mpp: float, centres_um: np.ndarray, footprint_um: Microns
-) -> np.ndarray:
-    """Share of tissue pixels inside the square footprint around each centre; the parts of
-    a footprint that fall off the mask count as background."""
-    height, width = mask.shape
-    integral = np.zeros((height + 1, width + 1), dtype=np.int64)
-    integral[1:, 1:] = mask.astype(np.int64).cumsum(0).cumsum(1)
-    half_px = footprint_um / 2 / mask_mpp
-    centre_px = centres_um / mask_mpp
-    x0 = np.clip(np.rint(centre_px[:, 0] - half_px), 0, width).astype(np.int64)
-    x1 = np.clip(np.rint(centre_px[:, 0] + half_px), 0, width).astype(np.int64)
-    y0 = np.clip(np.rint(centre_px[:, 1] - half_px), 0, height).astype(np.int64)
-    y1 = np.clip(np.rint(centre_px[:, 1] + half_px), 0, height).astype(np.int64)
-    inside = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
-    full_area = max(1.0, (2 * half_px) ** 2)
-    return np.clip(inside / full_area, 0.0, 1.0)
-
-
 def block_order(centres_um: np.ndarray) -> np.ndarray:
     """Indices that put spots block by block (blocks in raster order, spots in raster order
     inside each block)."""
@@ -81,35 +75,58 @@ def block_order(centres_um: np.ndarray) -> np.ndarray:
     return np.lexsort((centres_um[:, 0], centres_um[:, 1], block[:, 0], block[:, 1]))
 
 
-def plan_spots(mask: np.ndarray, record: TissueRecord, config: PipelineConfig) -> pd.DataFrame:
-    width_um = record.width_px * record.mpp
-    height_um = record.height_px * record.mpp
+def plan_spots(
+    maps: SlideMaps, record: TissueRecord, config: PipelineConfig, slide: Slide | None
+) -> pd.DataFrame:
+    """Every tissue spot of the lattice, numbered block by block, with its scores and QC
+    decision (``spot_qc``); focus is scored when ``slide`` is given, on the spots that no
+    other reason drops."""
+    artifacts = config.tissue.artifacts
+    min_tissue = config.grid.min_tissue_fraction
+    width_um, height_um = record.width_px * record.mpp, record.height_px * record.mpp
     centres_um = lattice_um(width_um, height_um, config.grid)
-    fraction = footprint_tissue_fraction(
-        mask, record.mask_mpp, centres_um, config.features.patch_um
-    )
-    keep = fraction >= config.grid.min_tissue_fraction
-    centres_um, fraction = centres_um[keep], fraction[keep]
-    order = block_order(centres_um)
-    centres_um, fraction = centres_um[order], fraction[order]
-    return pd.DataFrame(
-        {
-            "spot_id": [f"spot{index:06d}" for index in range(len(centres_um))],
-            "x_px": centres_um[:, 0] / record.mpp,
-            "y_px": centres_um[:, 1] / record.mpp,
-            "x_um": centres_um[:, 0],
-            "y_um": centres_um[:, 1],
-            "tissue_fraction": fraction.round(4),
-        },
-        columns=SPOT_COLUMNS,
-    )
+    spots = score_footprints(maps, centres_um, config.features.patch_um, min_tissue)
+    spots = spots.iloc[block_order(spots[["x_um", "y_um"]].to_numpy())].reset_index(drop=True)
+    spots.insert(0, "spot_id", [f"spot{index:06d}" for index in range(len(spots))])
+    spots.insert(1, "x_px", spots["x_um"] / record.mpp)
+    spots.insert(2, "y_px", spots["y_um"] / record.mpp)
+    spots["blur_score"] = np.nan
+    if slide is not None and artifacts.blur.action != ArtifactAction.OFF:
+        going = (decide(spots, artifacts, min_tissue)["qc"] != Decision.DROPPED).to_numpy()
+        scores = blur_scores(
+            slide,
+            spots.loc[going, ["x_px", "y_px"]].to_numpy(),
+            artifacts.blur.field_um,
+            artifacts.blur.mpp,
+            config.features.num_workers,
+        )
+        spots.loc[going, "blur_score"] = scores.round(4)
+    return decide(spots, artifacts, min_tissue)[SPOT_COLUMNS]
 
 
-def run_tiles(slide_id: str, config: PipelineConfig) -> pd.DataFrame:
+def read_maps(paths: SlidePaths, record: TissueRecord) -> SlideMaps:
+    """The tissue stage's maps; a slide whose tissue stage predates artefact detection has
+    none found."""
+    tissue = read_mask(paths.tissue_mask)
+    if paths.artifacts_mask.exists():
+        ink, fold = read_artifacts(paths.artifacts_mask)
+    else:
+        logger.warning(
+            "%s is missing: no ink or fold is known for this slide (run its tissue stage "
+            "again to find them)",
+            paths.artifacts_mask,
+        )
+        ink, fold = np.zeros(tissue.shape, dtype=np.uint8), np.zeros(tissue.shape, dtype=bool)
+    return SlideMaps(tissue=tissue, ink=ink, fold=fold, mask_mpp=record.mask_mpp)
+
+
+def run_tiles(slide: Slide, slide_id: str, config: PipelineConfig) -> pd.DataFrame:
+    """The spots going on to the features stage, after quality control; the dropped ones,
+    the counts and the QC picture beside them."""
     paths = SlidePaths(config.results, slide_id)
     record = TissueRecord.read(paths.tissue_record)
-    mask = read_mask(paths.tissue_mask)
-    spots = plan_spots(mask, record, config)
+    maps = read_maps(paths, record)
+    spots = plan_spots(maps, record, config, slide)
     if spots.empty:
         raise NoTissueError(
             record.slide_path,
@@ -117,15 +134,46 @@ def run_tiles(slide_id: str, config: PipelineConfig) -> pd.DataFrame:
             f"{config.features.patch_um:.0f} µm patch (tissue found: "
             f"{record.tissue_area_mm2:.3f} mm²); see {paths.tissue_qc}",
         )
-    logger.info(
-        "%d spots on a %s lattice, %.0f µm apart",
-        len(spots),
-        config.grid.layout,
+    artifacts = config.tissue.artifacts
+    summary = summarise(spots, artifacts, config.grid.min_tissue_fraction)
+    dropped = spots["qc"] == Decision.DROPPED
+    write_tsv(paths.dropped_spots, spots[dropped])
+    summary.write(paths.spot_qc)
+    draw_quality_picture(
+        paths.quality_picture,
+        read_png(paths.thumbnail),
+        maps,
+        spots,
+        summary,
+        slide_id,
         config.grid.spacing_um,
     )
-    write_tsv(paths.spots, spots)
-    return spots
+    logger.info(
+        "%d tissue spots on a %s lattice, %.0f µm apart: %d kept (%d flagged), %d dropped; "
+        "QC %s (%s)",
+        summary.tissue_spots,
+        config.grid.layout,
+        config.grid.spacing_um,
+        summary.kept,
+        summary.flagged,
+        summary.dropped,
+        summary.verdict,
+        summary.describe() or "no artefact measured",
+    )
+    check_slide(summary, artifacts, slide.path, paths.quality_picture)
+    kept = spots[~dropped]
+    write_tsv(paths.spots, kept)
+    return kept
+
+
+def read_scored_spots(paths: SlidePaths) -> pd.DataFrame:
+    """Every tissue spot quality control scored: those kept, then those dropped."""
+    tables = [read_spots(paths.spots), read_spots(paths.dropped_spots)]
+    return pd.concat([table for table in tables if len(table)], ignore_index=True)
 
 
 def read_spots(path) -> pd.DataFrame:
-    return pd.read_csv(path, sep="\t", dtype={"spot_id": str})
+    spots = pd.read_csv(path, sep="\t", dtype={"spot_id": str})
+    if "qc_reasons" in spots.columns:
+        spots["qc_reasons"] = spots["qc_reasons"].fillna("")
+    return spots

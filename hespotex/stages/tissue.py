@@ -1,10 +1,15 @@
 """Stage 1, tissue: a tissue mask from a low-resolution copy of the slide, plus QC images.
 
-H&E tissue is coloured and glass is grey-white, so the mask is Otsu's threshold on HSV
-saturation (floored, so that an empty slide finds nothing rather than thresholding noise),
-then a closing, small-hole filling and small-object removal from scikit-image. A slide whose
-tissue does not look like H&E (``hespotex.stages.stain_check``) is refused, or warned about,
-as ``tissue.stain_check`` says; the measured numbers go into ``tissue.json``.
+Marker ink is found first, by its colour (``hespotex.stages.artifacts``), and left out of
+what follows. H&E tissue is coloured and glass is grey-white, so the mask is Otsu's threshold
+on HSV saturation over the pixels that are not ink (floored, so that an empty slide finds
+nothing rather than thresholding noise), plus the tissue that can be told apart under light
+ink, then a closing, small-hole filling and small-object removal from scikit-image; ink that
+hides what is beneath it never counts as tissue. Folds are then found in the tissue. A slide
+whose tissue does not look like H&E (``hespotex.stages.stain_check``, judged on the tissue
+without the ink) is refused, or warned about, as ``tissue.stain_check`` says; the measured
+numbers, and the area of each ink colour and of folds, go into ``tissue.json``; the ink and
+fold maps into ``artifacts_mask.png`` for the tiles stage.
 """
 
 from __future__ import annotations
@@ -20,11 +25,21 @@ from skimage.morphology import closing, disk, remove_small_holes, remove_small_o
 from skimage.segmentation import find_boundaries
 
 from hespotex import __version__
-from hespotex.config import PipelineConfig, StainCheck, TissueConfig
+from hespotex.config import CheckAction, PipelineConfig, TissueConfig
 from hespotex.errors import NotBrightfieldError, WrongStainError
-from hespotex.io.atomic import write_json, write_png
+from hespotex.io.atomic import read_png, write_json, write_png
 from hespotex.io.slide import Slide, check_patch_geometry
 from hespotex.paths import SlidePaths
+from hespotex.stages.artifacts import (
+    decode_artifacts,
+    encode_artifacts,
+    fold_mask,
+    ink_colour_areas,
+    ink_cover,
+    ink_labels,
+    near_ink,
+    tissue_under_ink,
+)
 from hespotex.stages.stain_check import (
     BRIGHTFIELD_MIN_MEDIAN_VALUE,
     StainMeasurement,
@@ -40,19 +55,48 @@ OUTLINE_RGB = (0, 200, 0)
 ACCEPTED_VERDICTS = {StainVerdict.HE, StainVerdict.TOO_LITTLE_TISSUE}
 
 
-def tissue_mask(rgb: np.ndarray, mask_mpp: float, config: TissueConfig) -> np.ndarray:
-    """Boolean tissue mask of an RGB image whose pixels are ``mask_mpp`` µm wide."""
+@dataclass(frozen=True)
+class TissueDetection:
+    """The overview's tissue mask, ink labels (``artifacts.INK_CODES``) and fold mask."""
+
+    tissue: np.ndarray
+    ink: np.ndarray
+    fold: np.ndarray
+
+
+def detect_tissue(rgb: np.ndarray, mask_mpp: float, config: TissueConfig) -> TissueDetection:
+    """Tissue, ink and folds of an RGB image whose pixels are ``mask_mpp`` µm wide."""
+    ink = ink_labels(rgb, mask_mpp, config.artifacts.ink)
+    covered = ink_cover(ink, mask_mpp)
+    visible = ~covered
     saturation = rgb2hsv(rgb)[..., 1]
-    if saturation.max() - saturation.min() < 1e-6:
-        return np.zeros(saturation.shape, dtype=bool)
-    threshold = max(float(threshold_otsu(saturation)), config.min_saturation)
-    mask = saturation > threshold
+    no_fold = np.zeros(saturation.shape, dtype=bool)
+    if not visible.any() or np.ptp(saturation[visible]) < 1e-6:
+        return TissueDetection(no_fold.copy(), ink, no_fold)
+    threshold = max(float(threshold_otsu(saturation[visible])), config.min_saturation)
+    seen = (saturation > threshold) & visible
+    hidden_by_ink = covered & ~tissue_under_ink(rgb, ink, covered, seen, mask_mpp)
+    mask = (saturation > threshold) & ~hidden_by_ink
     pixel_area_um2 = mask_mpp * mask_mpp
     radius_px = round(config.closing_um / mask_mpp)
     if radius_px > 0:
         mask = closing(mask, disk(radius_px))
     mask = remove_small_holes(mask, max_size=round(config.min_hole_um2 / pixel_area_um2))
-    return remove_small_objects(mask, max_size=round(config.min_object_um2 / pixel_area_um2))
+    mask = remove_small_objects(mask, max_size=round(config.min_object_um2 / pixel_area_um2))
+    mask &= ~hidden_by_ink
+    fold = fold_mask(
+        rgb,
+        mask & ~near_ink(covered, mask_mpp),
+        mask_mpp,
+        config.artifacts.fold,
+        config.min_object_um2 / 4,
+    )
+    return TissueDetection(mask, ink, fold)
+
+
+def tissue_mask(rgb: np.ndarray, mask_mpp: float, config: TissueConfig) -> np.ndarray:
+    """Boolean tissue mask of an RGB image whose pixels are ``mask_mpp`` µm wide."""
+    return detect_tissue(rgb, mask_mpp, config).tissue
 
 
 def outline_overlay(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -79,6 +123,9 @@ class TissueRecord:
     hespotex_version: str
     # The stain check's verdict and numbers (absent from records of older versions).
     stain_check: dict | None = None
+    # Area of each ink colour found and of folds, mm² (absent from older records).
+    ink_area_mm2: dict[str, float] | None = None
+    fold_area_mm2: float | None = None
 
     @classmethod
     def read(cls, path: Path) -> TissueRecord:
@@ -87,15 +134,15 @@ class TissueRecord:
         return cls(**json.loads(Path(path).read_text()))
 
 
-def check_stain(stain: StainMeasurement, action: StainCheck, path: Path) -> None:
+def check_stain(stain: StainMeasurement, action: CheckAction, path: Path) -> None:
     """Refuse (``error``) or warn about (``warn``) a slide whose tissue is not H&E."""
-    if action == StainCheck.OFF or stain.verdict in ACCEPTED_VERDICTS:
+    if action == CheckAction.OFF or stain.verdict in ACCEPTED_VERDICTS:
         return
     cause = (
         f"the tissue looks like {stain.verdict.value}, not H&E: {stain.describe()}; HESpotEx "
         "predicts expression from H&E only"
     )
-    if action == StainCheck.ERROR:
+    if action == CheckAction.ERROR:
         raise WrongStainError(
             path, f"{cause} (set tissue.stain_check: warn to run such slides anyway)"
         )
@@ -117,17 +164,23 @@ def run_tissue(slide: Slide, slide_id: str, config: PipelineConfig) -> TissueRec
             "H&E, which HESpotEx needs",
         )
     mask_mpp = slide.mpp * downsample
-    mask = tissue_mask(overview, mask_mpp, config.tissue)
-    stain = measure_stain(overview, mask)
+    detection = detect_tissue(overview, mask_mpp, config.tissue)
+    mask = detection.tissue
+    stain = measure_stain(overview, mask & (detection.ink == 0))
     logger.info("stain check: %s; %s", stain.verdict.value, stain.describe())
     check_stain(stain, config.tissue.stain_check, slide.path)
     area_mm2 = float(mask.sum()) * mask_mpp * mask_mpp / 1e6
+    ink_areas = ink_colour_areas(detection.ink, mask_mpp)
+    fold_area_mm2 = round(float(detection.fold.sum()) * mask_mpp * mask_mpp / 1e6, 4)
     logger.info(
-        "tissue mask %s px at %.2f µm/px: %.2f mm² of tissue (%.1f%% of the slide)",
+        "tissue mask %s px at %.2f µm/px: %.2f mm² of tissue (%.1f%% of the slide); ink %s; "
+        "folds %.3f mm²",
         mask.shape[::-1],
         mask_mpp,
         area_mm2,
         100 * mask.mean(),
+        ", ".join(f"{colour} {area:.3f} mm²" for colour, area in ink_areas.items()) or "none",
+        fold_area_mm2,
     )
     record = TissueRecord(
         slide_id=slide_id,
@@ -142,16 +195,21 @@ def run_tissue(slide: Slide, slide_id: str, config: PipelineConfig) -> TissueRec
         tissue_area_mm2=area_mm2,
         hespotex_version=__version__,
         stain_check={**stain.as_record(), "action": config.tissue.stain_check.value},
+        ink_area_mm2=ink_areas,
+        fold_area_mm2=fold_area_mm2,
     )
     write_png(paths.thumbnail, overview)
     write_png(paths.tissue_mask, (mask * 255).astype(np.uint8))
+    write_png(paths.artifacts_mask, encode_artifacts(detection.ink, detection.fold))
     write_png(paths.tissue_qc, outline_overlay(overview, mask))
     write_json(paths.tissue_record, asdict(record))
     return record
 
 
 def read_mask(path: Path) -> np.ndarray:
-    from PIL import Image
+    return read_png(path) > 127
 
-    with Image.open(path) as image:
-        return np.asarray(image) > 127
+
+def read_artifacts(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Ink labels and fold mask the tissue stage wrote."""
+    return decode_artifacts(read_png(path))

@@ -36,8 +36,10 @@ from hespotex.io.backends import ArraySlide
 from hespotex.io.pyramids import write_pyramid_tiff
 from hespotex.io.slide import Slide
 from hespotex.model.spot_graph import knn_edges
-from hespotex.stages.tiles import footprint_tissue_fraction, lattice_um
+from hespotex.stages.spot_qc import footprint_fraction
+from hespotex.stages.tiles import lattice_um
 from hespotex.stages.tissue import tissue_mask
+from hespotex.training.planted_artifacts import planted_slide
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +95,10 @@ DEMO_SLIDES = (
     DemoSlide("demo-her2st-c3-40x", "demo-her2st-c3-40x.tif", None),
     DemoSlide("demo-her2st-c4-nores", "demo-her2st-c4-nores.tif", 0.5),
     DemoSlide("demo-mosaic-20x", "demo-mosaic-20x.tif", None),
+    DemoSlide("demo-her2st-b4-inked", "demo-her2st-b4-inked.tif", None),
 )
+# Where the inked demo slide's marker goes (``planted_artifacts``' generator's seed).
+INK_SEED = 3
 
 
 def build_slides(out: Path, shared: Path) -> None:
@@ -103,6 +108,11 @@ def build_slides(out: Path, shared: Path) -> None:
     c4 = read_image(her2st_image(shared, "C4"))[1800:5200, 4000:7600]
     write_pyramid_tiff(slides / DEMO_SLIDES[1].file_name, resample(c4, HER2ST_MPP, 0.5), None)
     write_pyramid_tiff(slides / DEMO_SLIDES[2].file_name, mosaic(shared), 0.5, "INCH")
+    # A whole section with a marker ring around it, a stroke across it and a dot on it, as
+    # archive slides have: quality control keeps the ink out of the map.
+    b4 = resample(read_image(her2st_image(shared, "B4")), HER2ST_MPP, 1.0)
+    inked = planted_slide(b4, 1.0, INK_SEED, kinds=("ink",)).image
+    write_pyramid_tiff(slides / DEMO_SLIDES[3].file_name, resample(inked, 1.0, 0.5), 0.5)
 
 
 def patch_statistics(slide: Slide, centres_px: np.ndarray) -> np.ndarray:
@@ -154,7 +164,7 @@ def planted_section(shared: Path, section: str, rng) -> tuple[Path, pd.DataFrame
     mask = tissue_mask(overview, HER2ST_MPP * downsample, TissueConfig())
     width, height = slide.dimensions
     centres_um = lattice_um(width * HER2ST_MPP, height * HER2ST_MPP, GridConfig())
-    fraction = footprint_tissue_fraction(mask, HER2ST_MPP * downsample, centres_um, PATCH_UM)
+    fraction = footprint_fraction(mask, HER2ST_MPP * downsample, centres_um, PATCH_UM)
     centres_px = centres_um[fraction >= 0.8] / HER2ST_MPP
     counts = plant_counts(patch_statistics(slide, centres_px), centres_px, rng)
     counts.index = [f"s{index:05d}" for index in range(len(counts))]

@@ -88,7 +88,7 @@ def write_maps(
     predicted: np.ndarray,
 ) -> None:
     """Measured beside predicted maps of the ``MAP_GENES`` best and worst genes."""
-    from hespotex.outputs.figures import plt, save_figure
+    from hespotex.io.figures import plt, save_figure
 
     ranked = table.dropna(subset=["pearson"]).sort_values("pearson", ascending=False)
     picks = list(dict.fromkeys([*ranked.index[:MAP_GENES], *ranked.index[-MAP_GENES:]]))

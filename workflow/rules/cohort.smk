@@ -1,5 +1,6 @@
-# The cohort tables once every predict shard has run, and the finished slides' images linked
-# into one gallery for `snakemake --report`.
+# The cohort tables once every predict shard has run, and the slides' images linked into one
+# gallery for `snakemake --report`: the QC picture of every slide that reached the tiles stage,
+# the finished slides' overlays, heatmaps and top patches.
 rule cohort:
     input:
         manifests("predict"),
@@ -11,6 +12,13 @@ rule cohort:
             labels={"table": "summary"},
         ),
         pseudobulk=COHORT.pseudobulk,
+        quality=report(
+            directory(COHORT.gallery("quality")),
+            patterns=["{slide}/quality.png"],
+            caption="../report/quality.rst",
+            category="Quality control",
+            labels={"slide": "{slide}"},
+        ),
         tissue_qc=report(
             directory(COHORT.gallery("tissue_qc")),
             patterns=["{slide}/tissue_overlay.png"],
