@@ -1,8 +1,11 @@
 # Two commands do all the set-up on a fresh machine (Python 3.11, package registries only):
-#   make demo   build .venv if missing, build the demo data, train its checkpoint on the real
-#               HER2ST sections, run the cohort
-#   make test   build .venv and .venv-viewers if missing, then ruff, snakemake --lint (in the
-#               tests) and pytest
+#   make demo       build .venv if missing, build the demo data, train its checkpoint on the
+#                   real HER2ST sections, run the cohort
+#   make test       build .venv and .venv-viewers if missing, then ruff, snakemake --lint (in
+#                   the tests) and pytest, listing the 20 slowest tests
+# While working:
+#   make test-fast  build .venv if missing, then ruff and pytest without the tests that run the
+#                   real workflow (marker e2e) or need a SLURM cluster (marker slurm)
 # `make viewers` builds .venv-viewers alone: squidpy and spatialdata, which cannot share .venv.
 PYTHON ?= python3
 VENV := .venv
@@ -11,7 +14,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 CORES ?= 2
 export PATH := $(BIN):$(PATH)
 
-.PHONY: demo test env viewers
+.PHONY: demo test test-fast env viewers
 
 env: $(VENV)/installed.stamp
 
@@ -30,7 +33,7 @@ $(VIEWERS_VENV)/installed.stamp: envs/viewers.txt
 	touch $@
 
 # The demo data is rebuilt when the code that builds it changes (a new demo slide, say).
-demo/her2st/sections.tsv: hespotex/training/demo.py | $(VENV)/installed.stamp
+demo/her2st/sections.tsv: hespotex/demo/builder.py | $(VENV)/installed.stamp
 	$(BIN)/hespotex demo-data --out demo
 
 demo/model.safetensors: demo/her2st/sections.tsv config/demo.yaml
@@ -44,4 +47,9 @@ demo: demo/model.safetensors
 test: $(VENV)/installed.stamp $(VIEWERS_VENV)/installed.stamp
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=20
+
+test-fast: $(VENV)/installed.stamp
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest -m "not e2e and not slurm" --durations=20

@@ -1,7 +1,7 @@
 """Quality control against planted artefacts on real H&E: ink, blur and folds.
 
 Each real HER2ST section (``../shared/data/her2st``, resampled to 1 µm/px) gets artefacts
-planted by ``hespotex.training.planted_artifacts`` — one kind per run, so each is measured
+planted by ``hespotex.demo.planted_artifacts`` — one kind per run, so each is measured
 alone — and goes through the pipeline's tissue and tiles stages with the default config
 (``tissue.artifacts.slide_check: warn``, so a failing slide still reports). The planted masks
 are the truth:
@@ -38,14 +38,15 @@ import pandas as pd
 from PIL import Image
 
 from hespotex.config import parse_config
+from hespotex.demo.builder import her2st_image, read_image, resample
+from hespotex.demo.planted_artifacts import at_size, planted_slide
 from hespotex.io.backends import ArraySlide
+from hespotex.io.records import read_artifacts, read_mask, read_scored_spots
 from hespotex.io.slide import Slide
 from hespotex.paths import SlidePaths
 from hespotex.stages.spot_qc import footprint_fraction
-from hespotex.stages.tiles import read_scored_spots, run_tiles
-from hespotex.stages.tissue import read_artifacts, read_mask, run_tissue, tissue_mask
-from hespotex.training.demo import her2st_image, read_image, resample
-from hespotex.training.planted_artifacts import at_size, planted_slide
+from hespotex.stages.tiles import run_tiles
+from hespotex.stages.tissue import run_tissue, tissue_mask
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"

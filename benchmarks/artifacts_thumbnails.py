@@ -21,7 +21,7 @@ from PIL import Image
 
 from hespotex.config import TissueConfig
 from hespotex.io.figures import plt, save_figure
-from hespotex.stages.artifacts import INK_CODES
+from hespotex.io.records import INK_CODES
 from hespotex.stages.quality_picture import FOLD_COLOUR, INK_COLOURS, TISSUE_COLOUR, fill_region
 from hespotex.stages.tissue import detect_tissue
 

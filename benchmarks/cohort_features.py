@@ -8,7 +8,7 @@ slide of its own) get the tissue and tiles stages, then the features stage twice
 - **one process per job**: `hespotex run --stages features --shard ...`, the workflow's job of
   `--slides-per-job` slides (the encoder, CUDA and the imports loaded once per job).
 
-Each slide's record (qc/timings/features.json) splits its seconds into reading (waiting for
+Each slide's record (qc/stages/features.json) splits its seconds into reading (waiting for
 patches), encoding, counting nuclei, writing (waiting for the feature store) and set-up (the
 encoder and reader processes, in the record of the slide that paid them); start-up is a
 process's wall time outside its slides' stage records, plus set-up. With `nvidia-smi` present,
@@ -17,7 +17,7 @@ the per-job run to 11,700 slides of `--tcga-spots` spots each.
 
     python benchmarks/cohort_features.py --work /tmp/hespotex-cohort [--slides 50] \\
         [--side 24300] [--spacing-um 100] [--slides-per-job 10] [--architecture vit-b-32] \\
-        [--device cuda] [--readers processes --num-workers 12] [--batch-size 256]
+        [--device cuda] [--reading processes --num-workers 12] [--batch-size 256]
 
 prints a Markdown table (also written to <work>/cohort_features.md). On CPU, keep it small
 (e.g. `--slides 6 --side 4000 --spacing-um 200 --architecture vit-tiny-32 --device cpu`).
@@ -47,7 +47,7 @@ def hespotex(*args: str) -> list[str]:
 
 def stage_records(results: Path, slide_ids: list[str]) -> list[dict]:
     return [
-        json.loads((results / slide_id / "qc" / "timings" / "features.json").read_text())
+        json.loads((results / slide_id / "qc" / "stages" / "features.json").read_text())
         for slide_id in slide_ids
     ]
 
@@ -92,7 +92,7 @@ def main() -> None:
     parser.add_argument("--slides-per-job", type=int, default=10)
     parser.add_argument("--architecture", default="vit-b-32")
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--readers", choices=("threads", "processes"), default="processes")
+    parser.add_argument("--reading", choices=("threads", "processes"), default="processes")
     parser.add_argument("--num-workers", type=int, default=min(12, os.cpu_count() or 1))
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--tcga-spots", type=int, default=TCGA_AVERAGE_SPOTS)
@@ -131,7 +131,7 @@ def main() -> None:
                     "device": args.device,
                     "batch_size": args.batch_size,
                     "num_workers": args.num_workers,
-                    "readers": args.readers,
+                    "reading": args.reading,
                 },
             }
         )
@@ -177,7 +177,7 @@ def main() -> None:
         f"`hespotex` features stage, {args.architecture} (random weights) on {args.device} "
         f"({where}, {os.cpu_count()} CPU cores), {len(slide_ids)} slides of {args.side}² px at "
         f"0.5 µm/px, {mean_spots:,.0f} spots each ({args.spacing_um:g} µm grid), batch "
-        f"{args.batch_size}, {args.num_workers} reader {args.readers}",
+        f"{args.batch_size}, {args.num_workers} reader {args.reading}",
         "",
         "| run | processes | " + " | ".join(f"{name} (s/slide)" for name in columns) + " |",
         "|---|---|" + "---|" * len(columns),

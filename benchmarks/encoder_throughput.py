@@ -82,8 +82,8 @@ def encoder_config(name: str, depth: int | None):
 
 
 def measure(name: str, args, batches: list[np.ndarray], device) -> list[tuple]:
-    from hespotex.model.encoders import load_encoder
-    from hespotex.model.runners import OnnxRunner, TorchRunner, export_onnx
+    from hespotex.encoder.build import load_encoder
+    from hespotex.encoder.runners import OnnxRunner, TorchRunner, export_onnx
 
     config = encoder_config(name, args.depth)
     if device.type == "cuda":
@@ -113,7 +113,7 @@ def measure(name: str, args, batches: list[np.ndarray], device) -> list[tuple]:
 
 
 def main() -> None:
-    from hespotex.model.runners import pick_device
+    from hespotex.encoder.runners import pick_device
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/hespotex-encoder"))

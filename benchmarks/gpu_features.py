@@ -5,14 +5,14 @@ tiatoolbox is not installed) gets the pipeline's tissue and tiles stages on a 20
 grid, then the features stage with the paper's ViT-B/32 architecture (RANDOM weights: none can
 be downloaded here; speed does not depend on the values) on the GPU: reader threads, pinned
 memory, bf16 autocast. While it runs, `nvidia-smi` samples GPU utilisation every 200 ms.
-Patches/s is spots over the stage's own seconds (qc/timings/features.json, the encoder's
+Patches/s is spots over the stage's own seconds (qc/stages/features.json, the encoder's
 set-up taken out: after start-up, imports and loading the encoder), beside the encoder's own
 rate (spots over the seconds spent in the encoder, from the same record); the utilisation is
 given over the stage's steady part (from the first busy sample to the last) and over the
 whole process.
 
     python benchmarks/gpu_features.py --work /tmp/hespotex-gpu [--side 12000] \\
-        [--batch-size 256] [--num-workers 12] [--readers processes] [--tile tile.png]
+        [--batch-size 256] [--num-workers 12] [--reading processes] [--tile tile.png]
 
 prints a Markdown table (also written to <work>/gpu_features.md).
 """
@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--tile", type=Path, help="a PNG of real H&E (without tiatoolbox)")
     parser.add_argument("--architecture", default="vit-b-32")
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--readers", choices=("threads", "processes"), default="processes")
+    parser.add_argument("--reading", choices=("threads", "processes"), default="processes")
     args = parser.parse_args()
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -69,7 +69,7 @@ def main() -> None:
                     "device": args.device,
                     "batch_size": args.batch_size,
                     "num_workers": args.num_workers,
-                    "readers": args.readers,
+                    "reading": args.reading,
                 },
             }
         )
@@ -80,13 +80,13 @@ def main() -> None:
         process_seconds, peak_mb = run_stage("features", config, "gpu")
     results = work / "results" / "gpu"
     spots = len((results / "spots.tsv").read_text().splitlines()) - 1
-    record = json.loads((results / "qc" / "timings" / "features.json").read_text())
+    record = json.loads((results / "qc" / "stages" / "features.json").read_text())
     stage_seconds = record["seconds"] - record.get("setup", 0.0)  # the encoder loaded
     rate = spots / stage_seconds
     lines = [
         f"`hespotex features`, {args.architecture} (random weights) on {args.device}, "
         f"{args.side}² px slide at 0.5 µm/px, {spots:,} spots (224 px patches at 0.5 µm/px), "
-        f"batch {args.batch_size}, {args.num_workers} reader {args.readers}, on "
+        f"batch {args.batch_size}, {args.num_workers} reader {args.reading}, on "
         f"{busy.device or 'no GPU'} with {os.cpu_count()} CPU cores",
         "",
         "| spots | stage (s) | process (s) | stage patches/s | encoding patches/s | reading, "

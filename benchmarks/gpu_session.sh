@@ -49,12 +49,12 @@ step reader_sweep "${limits[0]}" /tmp/hx-sweep "$PYTHON" benchmarks/reader_sweep
     --device "$device" --architecture "$vit_b" "${sweep[@]}"
 # Both cohort runs share one folder: the pyramid and the slides' tissue and tiles are made once.
 step cohort_vit_b "${limits[1]}" /tmp/hx-cohort "$PYTHON" benchmarks/cohort_features.py \
-    --device "$device" --architecture "$vit_b" --readers processes "${slides[@]}" "${slides_b[@]}"
+    --device "$device" --architecture "$vit_b" --reading processes "${slides[@]}" "${slides_b[@]}"
 rm -f /tmp/hx-cohort/*.md
 step cohort_vit_l "${limits[2]}" /tmp/hx-cohort "$PYTHON" benchmarks/cohort_features.py \
-    --device "$device" --architecture "$vit_l" --readers processes "${slides[@]}" "${slides_l[@]}"
+    --device "$device" --architecture "$vit_l" --reading processes "${slides[@]}" "${slides_l[@]}"
 step gpu_features "${limits[3]}" /tmp/hx-gpu "$PYTHON" benchmarks/gpu_features.py \
-    --device "$device" --architecture "$vit_b" --readers processes "${large[@]}"
+    --device "$device" --architecture "$vit_b" --reading processes "${large[@]}"
 step encoders "${limits[4]}" /tmp/hx-encoders "$PYTHON" benchmarks/encoder_throughput.py \
     --no-onnx --architectures vit-b-32 uni h-optimus-0 "${encoders[@]}"
 echo "done in ${SECONDS}s" | tee -a "$OUT/session.log"

@@ -29,9 +29,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from hespotex.model.checkpoint import read_checkpoint_meta
+from hespotex.evaluation.bulk import column_correlation
+from hespotex.network.checkpoint import read_checkpoint_meta
 from hespotex.paths import CohortPaths
-from hespotex.training.bulk import column_correlation
 
 REPO = Path(__file__).resolve().parents[1]
 HER2ST = (REPO.parent / "shared" / "data" / "her2st").resolve()

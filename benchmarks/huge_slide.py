@@ -46,7 +46,7 @@ def main() -> None:
     config_for_training.write_text(yaml.safe_dump(settings))
     checkpoint = work / "model.safetensors"
     if not checkpoint.exists():
-        from hespotex.training.demo import build_planted
+        from hespotex.demo.builder import build_planted
 
         build_planted(work, SHARED)
         run_timed(

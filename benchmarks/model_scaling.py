@@ -50,8 +50,8 @@ def measure_once(kind: str, n_spots: int, device_name: str) -> None:
     import torch
 
     from hespotex.config import TrainingConfig
-    from hespotex.model.spot_graph import knn_edges
-    from hespotex.model.streams import ImageStream, ImageStreamShape
+    from hespotex.network.spot_graph import knn_edges
+    from hespotex.network.streams import ImageStream, ImageStreamShape
     from hespotex.training.data import SectionTensors, section_blocks
     from hespotex.training.loops import image_stream_epoch, train_expression_latents
 

@@ -44,9 +44,9 @@ def checkpoint_with_genes(path: Path, n_genes: int) -> None:
     import torch
 
     from hespotex.config import EncoderConfig
-    from hespotex.model.checkpoint import CheckpointMeta, save_checkpoint
-    from hespotex.model.identity import encoder_identity
-    from hespotex.model.streams import ImageStream
+    from hespotex.encoder.identity import encoder_identity
+    from hespotex.network.checkpoint import CheckpointMeta, save_checkpoint
+    from hespotex.network.streams import ImageStream
 
     torch.manual_seed(0)
     meta = CheckpointMeta(

@@ -29,13 +29,14 @@ import torch
 from timing import best_of, build_he_pyramid, write_table
 
 from hespotex.config import parse_config
+from hespotex.encoder.build import load_encoder
+from hespotex.encoder.encoding import sample_patches
+from hespotex.encoder.runners import TorchRunner
 from hespotex.io.patches import iter_patch_batches
+from hespotex.io.records import read_spots
 from hespotex.io.slide import open_slide
-from hespotex.model.encoders import load_encoder
-from hespotex.model.encoding import sample_patches
-from hespotex.model.runners import TorchRunner
 from hespotex.paths import SlidePaths
-from hespotex.stages.tiles import read_spots, run_tiles
+from hespotex.stages.tiles import run_tiles
 from hespotex.stages.tissue import run_tissue
 
 SIDE_PX = 30000

@@ -52,9 +52,10 @@ MIN_SECONDS = 3.0
 def spot_grid(slide_path: Path, work: Path) -> np.ndarray:
     """Spot centres (level-0 px) from the pipeline's own tissue and tiles stages."""
     from hespotex.config import parse_config
+    from hespotex.io.records import read_spots
     from hespotex.io.slide import open_slide
     from hespotex.paths import SlidePaths
-    from hespotex.stages.tiles import read_spots, run_tiles
+    from hespotex.stages.tiles import run_tiles
     from hespotex.stages.tissue import run_tissue
 
     slide_id = slide_path.stem.replace(".", "-")
@@ -73,12 +74,13 @@ def needed_tiles(slide_path: Path, centres: np.ndarray) -> tuple[list[int], int]
     slides), and the patch side in level-0 pixels."""
     import tifffile
 
-    from hespotex.io.slide import field_origins, open_slide
+    from hespotex.io.geometry import field_origins
+    from hespotex.io.slide import open_slide
 
     with open_slide(slide_path, "limit") as slide:
         plan = slide.plan(PATCH_UM, PATCH_MPP)
         assert plan.level == 0
-        origins = field_origins(centres, plan, 1.0)
+        origins = field_origins(centres, plan)
     with tifffile.TiffFile(slide_path) as tiff:
         page = tiff.pages[0]
         tile_width, tile_length = page.tilewidth, page.tilelength

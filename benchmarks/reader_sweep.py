@@ -1,10 +1,10 @@
-"""Patch reading alone, and reading with the encoder, by reader threads and reader processes.
+"""Patch reading alone, and reading with the encoder, by the reading pool's threads and processes.
 
 On a JPEG pyramid of real H&E pixels (the pipeline's tissue and tiles stages, 224 px patches
 at 0.5 µm/px), each measurement runs in a fresh process:
 
 - ``reader``: every batch of patches read, nothing else (`iter_patch_batches` with threads,
-  `ReaderProcesses.batches` with processes), for each worker count;
+  `ReadingPool.batches` with processes), for each worker count;
 - ``reader + encoder``: the same, each batch encoded on `--device` (no feature store);
 - ``encoder``: batches already in memory, encoded (the encoder's own rate).
 
@@ -38,10 +38,10 @@ def hespotex_api():
     """The reader, slide and encoder functions, from this layout or the one before the
     package had layers (hespotex.patches, hespotex.slide, ...), so older revisions run too."""
     try:
+        from hespotex.encoder.build import load_encoder
+        from hespotex.encoder.runners import TorchRunner, pick_device
         from hespotex.io.patches import iter_patch_batches
         from hespotex.io.slide import open_slide
-        from hespotex.model.encoders import load_encoder
-        from hespotex.model.runners import TorchRunner, pick_device
     except ImportError:
         from hespotex.encoders import load_encoder, pick_device
         from hespotex.patches import iter_patch_batches
@@ -77,9 +77,9 @@ def child(mode: str, kind: str, workers: int, slide: str, device: str, architect
         else:
             processes = None
             if kind == "processes":
-                from hespotex.io.readers import ReaderProcesses
+                from hespotex.io.reading_pool import ReadingPool
 
-                processes = ReaderProcesses(workers, BATCH_SIZE, plan.output_px)
+                processes = ReadingPool(workers, BATCH_SIZE, plan.output_px)
 
             def batches():
                 if processes is not None:
@@ -117,9 +117,10 @@ def centres_of(slide: Path, work: Path) -> int:
     import numpy as np
 
     from hespotex.config import parse_config
+    from hespotex.io.records import read_spots
     from hespotex.io.slide import open_slide
     from hespotex.paths import SlidePaths
-    from hespotex.stages.tiles import read_spots, run_tiles
+    from hespotex.stages.tiles import run_tiles
     from hespotex.stages.tissue import run_tissue
 
     config = parse_config(

@@ -7,7 +7,7 @@ On real patches (224 px at 0.5 µm/px, read by the pipeline's reader from HER2ST
 - importing tiatoolbox's normalisers in a fresh process that has imported torch already, as
   a features process has (paid once per process: once per slide in the workflow);
 - normalised to tiatoolbox's reference H&E tile (``tiatoolbox.data.stain_norm_target``);
-- the per-slide fit on ``stain.fit_patches`` = 64 patches (``hespotex.model.encoding``'s
+- the per-slide fit on ``stain.fit_patches`` = 64 patches (``hespotex.encoder.encoding``'s
   ``fit_slide_stain``: read the patches, measure the stain);
 - the per-patch mapping (``StainTransform`` on batches of 64), against tiatoolbox's
   ``StainNormalizer.transform`` (which measures the source again on every patch) and against
@@ -33,13 +33,14 @@ import torch
 from timing import best_of
 
 from hespotex.config import StainNormalisation, parse_config
+from hespotex.encoder.build import load_encoder
+from hespotex.encoder.encoding import encode_patches, fit_slide_stain, sample_patches
+from hespotex.encoder.runners import TorchRunner
+from hespotex.encoder.stain import StainSetting, fit_profile
+from hespotex.io.records import read_spots
 from hespotex.io.slide import open_slide
-from hespotex.model.encoders import load_encoder
-from hespotex.model.encoding import encode_patches, fit_slide_stain, sample_patches
-from hespotex.model.runners import TorchRunner
-from hespotex.model.stain import StainSetting, fit_profile
 from hespotex.paths import SlidePaths
-from hespotex.stages.tiles import read_spots, run_tiles
+from hespotex.stages.tiles import run_tiles
 from hespotex.stages.tissue import run_tissue
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,7 +1,7 @@
 """Robustness to stain shift on real HER2ST: leave-one-section-out, the held-out section as is
 and recoloured, without and with stain normalisation.
 
-Each fold holds one of the four HER2ST sections out (``hespotex.training.crossval``'s plan:
+Each fold holds one of the four HER2ST sections out (``hespotex.evaluation.crossval``'s plan:
 the next section validates, the other two train), trains HESpotEx on the rest as `hespotex
 crossval` does (genes chosen on the training sections, the same seeds), and scores the
 held-out section's mean gene Pearson on its own image and on recoloured copies of it, each a
@@ -43,17 +43,17 @@ import pandas as pd
 from PIL import Image
 
 from hespotex.config import StainNormalisation, load_config
+from hespotex.encoder.build import load_encoder
+from hespotex.encoder.runners import TorchRunner, pick_device
+from hespotex.encoder.stain import StainTransform, fit_profile
+from hespotex.evaluation.crossval import fold_plan
+from hespotex.evaluation.evaluate import evaluate_encoded, summarise
 from hespotex.io.atomic import atomic_path
+from hespotex.io.sections import Section, read_sections_sheet
 from hespotex.io.slide import open_slide
-from hespotex.model.encoders import load_encoder
-from hespotex.model.runners import TorchRunner, pick_device
-from hespotex.model.stain import StainTransform, fit_profile
-from hespotex.training.crossval import fold_plan
 from hespotex.training.data import encode_sections, load_sections, training_stain
-from hespotex.training.evaluation import evaluate_encoded, summarise
 from hespotex.training.fit import fit
 from hespotex.training.genes import select_genes, seurat_v3_ranks, shared_genes
-from hespotex.training.sections import Section, read_sections_sheet
 
 REPO = Path(__file__).resolve().parents[1]
 SLIDES = (REPO.parent / "shared" / "data" / "slides").resolve()

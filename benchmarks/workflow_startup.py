@@ -45,9 +45,9 @@ include: "{snakefile}"
 
 def small_checkpoint(path: Path, encoder: dict, genes: list[str]) -> None:
     from hespotex.config import EncoderConfig
-    from hespotex.model.checkpoint import CheckpointMeta, save_checkpoint
-    from hespotex.model.identity import encoder_identity
-    from hespotex.model.streams import ImageStream
+    from hespotex.encoder.identity import encoder_identity
+    from hespotex.network.checkpoint import CheckpointMeta, save_checkpoint
+    from hespotex.network.streams import ImageStream
 
     identity = encoder_identity(EncoderConfig.model_validate(encoder))
     meta = CheckpointMeta(

@@ -1,10 +1,11 @@
 """HESpotEx: spot-level gene expression from H&E whole-slide images.
 
 Layers, each importing only those before it: the root modules (``errors``, ``units``,
-``encoder_specs``, ``config``, ``paths``), ``io`` (reading slides, writing files), ``model``
-(encoders, the network, checkpoints), ``stages`` (tissue, tiles, features, graph, decode),
-``outputs`` (what people open), ``training`` (training and judging models), ``cli`` (the
-command line).
+``encoder_specs``, ``config``, ``paths``, ``stage_table``, ``metrics``), ``io`` (every on-disk
+format and reader), ``encoder`` (the frozen image encoder), ``network`` (HESpotEx's network and
+checkpoint), ``stages`` (tissue, tiles, features, graph, decode), ``outputs`` (what people
+open), ``pipeline`` (the engine), ``training`` (fitting), ``evaluation`` (judging), ``demo``
+(the demo cohort, planted artefacts), ``cli`` (the command line).
 ``tests/test_layers.py`` fails on an import that goes upward.
 """
 

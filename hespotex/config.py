@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 import pandas as pd
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hespotex.encoder_specs import CUSTOM, ENCODER_PRESETS, EncoderName, EncoderSpec
 from hespotex.errors import ConfigError
@@ -186,7 +186,7 @@ class EncoderConfig(_Section):
 
     architecture: EncoderName = Field(
         "efficientnet-lite0-imagenet",
-        description="a preset (README, 'Encoders'): efficientnet-lite0-imagenet (ImageNet "
+        description="a preset (docs/usage.md, 'Encoders'): efficientnet-lite0-imagenet (ImageNet "
         "weights installed with hespotex), uni, uni2-h, virchow2, h-optimus-0, phikon-v2, "
         "prov-gigapath, quiltnet-b-32 (the paper's), vit-b-32, vit-tiny-32 (demos and tests), "
         "stain-stats (weights-free); or custom, described under `custom`",
@@ -300,11 +300,15 @@ class FeaturesConfig(_Section):
         "than patch_mpp (patches would be mostly interpolation)",
     )
     batch_size: int = Field(64, ge=1, le=4096, description="patches per encoder batch")
-    num_workers: int = Field(2, ge=0, le=64, description="patch readers (threads or processes)")
-    readers: Literal["threads", "processes"] = Field(
+    num_workers: int = Field(
+        2, ge=0, le=64, description="the reading pool's workers (threads or processes)"
+    )
+    reading: Literal["threads", "processes"] = Field(
         "threads",
-        description="processes: each reader its own process, filling shared-memory batches "
-        "(past the GIL, for a GPU node's many cores); threads: in the features process",
+        # `readers`, its earlier name, still read: "reader" now means a slide backend only.
+        validation_alias=AliasChoices("reading", "readers"),
+        description="the reading pool: processes, each filling shared-memory batches (past "
+        "the GIL, for a GPU node's many cores); threads, in the features process",
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto: CUDA when present, else CPU"

@@ -1,4 +1,4 @@
-"""Image encoders as data: one record per encoder, read by one loader (``hespotex.model.encoders``).
+"""Image encoders as data: one record per encoder, read by one loader (``hespotex.encoder.build``).
 
 An ``EncoderSpec`` says everything that makes an encoder's features: the library that builds the
 network (timm, open_clip, Hugging Face transformers, or the weights-free stain statistics), its

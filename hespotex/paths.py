@@ -11,10 +11,6 @@ from pathlib import Path
 
 # The cohort tables' folder beside the slides' folders; no slide may take its name.
 COHORT_FOLDER = "cohort"
-# The stages a slide goes through, in order; each is a `hespotex` sub-command with its own log.
-STAGES = ("tissue", "tiles", "features", "graph", "decode", "outputs")
-# The workflow's jobs, each running its stages one after another over a shard of slides.
-JOBS = {"prepare": ("tissue", "tiles"), "features": ("features",), "predict": STAGES[3:]}
 
 
 @dataclass(frozen=True)
@@ -95,8 +91,9 @@ class SlidePaths:
     def top_patch_montage(self, gene: str) -> Path:
         return self.top_patches / f"{gene}.png"
 
-    def stage_timing(self, stage: str) -> Path:
-        return self.root / "qc" / "timings" / f"{stage}.json"
+    def stage_record(self, stage: str) -> Path:
+        """The stage's completion record (``io.stage_records``): written once it succeeded."""
+        return self.root / "qc" / "stages" / f"{stage}.json"
 
     @property
     def qc(self) -> Path:

@@ -70,7 +70,7 @@ def tissue_on_glass(he_tile: np.ndarray, size: tuple[int, int], box: tuple[int, 
 def inked(image: np.ndarray, box: tuple[int, int, int, int], colour: str = "blue") -> np.ndarray:
     """``image`` with marker ink of ``colour`` drawn over ``box`` (x0, y0, x1, y1): the ink's
     optical density added to the pixels', as a real marker's."""
-    from hespotex.training.planted_artifacts import INK_OD, from_density, optical_density
+    from hespotex.demo.planted_artifacts import INK_OD, from_density, optical_density
 
     x0, y0, x1, y1 = box
     out = image.copy()
@@ -116,7 +116,7 @@ def ome_zarr_slide(tmp_path_factory, he_tile) -> Path:
 def demo_sections(tmp_path_factory) -> Path:
     """The planted training sections of HER2ST B4 (b4-left, b4-right): their sheet, beside
     ``heldout.tsv`` (C3)."""
-    from hespotex.training.demo import build_planted
+    from hespotex.demo.builder import build_planted
 
     folder = tmp_path_factory.mktemp("training")
     build_planted(folder, SHARED_DATA)
@@ -127,9 +127,9 @@ def demo_sections(tmp_path_factory) -> Path:
 def trained_checkpoint(tmp_path_factory, demo_sections) -> Path:
     """A small checkpoint trained by `hespotex train` on the demo's planted B4 sections."""
     from hespotex.config import parse_config
-    from hespotex.model.checkpoint import save_checkpoint
+    from hespotex.io.sections import read_sections_sheet
+    from hespotex.network.checkpoint import save_checkpoint
     from hespotex.training.fit import train
-    from hespotex.training.sections import read_sections_sheet
 
     folder = tmp_path_factory.mktemp("trained")
     config = parse_config(
@@ -155,24 +155,16 @@ def trained_checkpoint(tmp_path_factory, demo_sections) -> Path:
 
 
 def run_slide(config, slide_id: str = "svs", path: Path = SVS, outputs: bool = True):
-    """A slide through every stage, as the workflow runs them (the outputs stage optional)."""
-    from hespotex.io.slide import open_slide
-    from hespotex.outputs.per_slide import write_slide_outputs
+    """A slide through every stage by the engine, as the workflow's jobs run them (the outputs
+    stage optional); fails the test with the slide's cause if a stage fails."""
+    from hespotex.config import SampleRow
     from hespotex.paths import SlidePaths
-    from hespotex.stages.decode import run_decode
-    from hespotex.stages.features import run_features
-    from hespotex.stages.graph import run_graph
-    from hespotex.stages.tiles import run_tiles
-    from hespotex.stages.tissue import run_tissue
+    from hespotex.pipeline.engine import Outcome, run_batch
+    from hespotex.stage_table import STAGES
 
-    with open_slide(path, slide_id) as slide:
-        run_tissue(slide, slide_id, config)
-        run_tiles(slide, slide_id, config)
-        run_features(slide, slide_id, config)
-        run_graph(slide_id, config)
-        run_decode(slide_id, config)
-        if outputs:
-            write_slide_outputs(slide, slide_id, config)
+    stages = STAGES if outputs else STAGES[:-1]
+    (result,) = run_batch(config, [SampleRow(slide_id=slide_id, path=str(path))], stages)
+    assert result.status is Outcome.DONE, f"{result.stage} failed: {result.cause}"
     return SlidePaths(config.results, slide_id)
 
 

@@ -1,7 +1,7 @@
 """Quality control of artefacts: marker ink, folds and blur, per spot and per slide.
 
 Measured against artefacts planted on real H&E (HER2ST sections,
-``hespotex.training.planted_artifacts``; the planted masks are the truth) and against the real
+``hespotex.demo.planted_artifacts``; the planted masks are the truth) and against the real
 thumbnails with marker ink of ``../shared/data/artifacts`` (no truth there: checked for what a
 person sees, ink not tissue and the tissue kept). ``benchmarks/artifacts_qc.py`` measures the
 same over every section and seed.
@@ -22,31 +22,27 @@ from PIL import Image
 from scipy import ndimage
 
 from hespotex.config import InkColour, PipelineConfig, TissueConfig, parse_config
+from hespotex.demo.builder import her2st_image, read_image, resample
+from hespotex.demo.planted_artifacts import PlantedSlide, at_size, planted_slide
 from hespotex.errors import NoTissueError, SlideQualityError, WrongStainError
 from hespotex.io.backends import ArraySlide
-from hespotex.io.slide import Slide
-from hespotex.paths import SlidePaths
-from hespotex.stages.artifacts import (
-    INK_BOUNDS,
+from hespotex.io.records import (
     INK_CODES,
-    INK_SMOOTHING_UM,
-    Chromaticity,
-    blur_effect,
+    SPOT_COLUMNS,
+    TissueRecord,
     decode_artifacts,
     encode_artifacts,
-)
-from hespotex.stages.spot_qc import footprint_fraction
-from hespotex.stages.tiles import SPOT_COLUMNS, read_scored_spots, read_spots, run_tiles
-from hespotex.stages.tissue import (
-    TissueRecord,
-    detect_tissue,
     read_artifacts,
     read_mask,
-    run_tissue,
-    tissue_mask,
+    read_scored_spots,
+    read_spots,
 )
-from hespotex.training.demo import her2st_image, read_image, resample
-from hespotex.training.planted_artifacts import PlantedSlide, at_size, planted_slide
+from hespotex.io.slide import Slide
+from hespotex.paths import SlidePaths
+from hespotex.stages.artifacts import INK_BOUNDS, INK_SMOOTHING_UM, Chromaticity, blur_effect
+from hespotex.stages.spot_qc import footprint_fraction
+from hespotex.stages.tiles import run_tiles
+from hespotex.stages.tissue import detect_tissue, run_tissue, tissue_mask
 
 STAIN_STATS = {"architecture": "stain-stats"}
 HER2ST_MPP = 0.69

@@ -7,9 +7,9 @@ import pandas as pd
 from conftest import SVS, write_config, write_sheet
 
 from hespotex.cli.main import main
-from hespotex.cli.shards import ShardPlan, failure_log_size, write_shard_sheets
 from hespotex.config import SlidesPerJob, load_config, read_sample_sheet
 from hespotex.paths import RunPaths, SlidePaths
+from hespotex.pipeline.shards import ShardPlan, failed_attempts, write_shard_sheets
 
 
 def test_shards_cut_the_sheet_in_order_and_know_their_upstream_shards(tmp_path):
@@ -62,7 +62,7 @@ def test_a_shard_records_its_failed_slide_and_the_rerun_redoes_only_it(
     assert [json.loads(line)["slide_id"] for line in failures.read_text().splitlines()] == [
         "broken"
     ]
-    size = failure_log_size(run, "prepare", "00000")
+    failed_before = failed_attempts(run, "prepare", "00000")
     finished = {
         path: path.stat().st_mtime_ns
         for slide in ("first", "last")
@@ -71,9 +71,10 @@ def test_a_shard_records_its_failed_slide_and_the_rerun_redoes_only_it(
             SlidePaths(config.results, slide).tissue_record,
         )
     }
-    caplog.set_level("INFO", logger="hespotex.cli.batch")
+    caplog.set_level("INFO", logger="hespotex.pipeline.engine")
     assert main(shard) == 0
-    assert failure_log_size(run, "prepare", "00000") > size, "a new attempt grows the log"
+    assert failed_before == 1
+    assert failed_attempts(run, "prepare", "00000") == 2, "a new failed attempt is counted"
     assert "first: tissue is done already" in caplog.text
     for path, mtime in finished.items():
         assert path.stat().st_mtime_ns == mtime, f"{path} was redone"
@@ -100,17 +101,17 @@ def test_a_slide_waits_for_its_earlier_stage_and_stages_must_follow_each_other(t
 
 
 def test_without_shared_memory_the_job_reads_with_threads(tmp_path, monkeypatch, caplog):
-    import hespotex.io.readers
-    from hespotex.cli.batch import SharedWork
+    import hespotex.io.reading_pool
+    from hespotex.pipeline.engine import SharedWork
 
     def no_shared_memory(*args, **kwargs):
         raise OSError(28, "No space left on device", "/dev/shm")
 
-    monkeypatch.setattr(hespotex.io.readers, "ReaderProcesses", no_shared_memory)
+    monkeypatch.setattr(hespotex.io.reading_pool, "ReadingPool", no_shared_memory)
     sheet = write_sheet(tmp_path / "samples.tsv", [("svs", SVS, None)])
     config = load_config(
-        write_config(tmp_path, sheet, None, features={"readers": "processes", "num_workers": 2})
+        write_config(tmp_path, sheet, None, features={"reading": "processes", "num_workers": 2})
     )
     with SharedWork(config) as shared:
-        assert shared.readers() is None and shared.readers() is None
-    assert caplog.text.count("no reader processes") == 1
+        assert shared.reading_pool() is None and shared.reading_pool() is None
+    assert caplog.text.count("no reading pool processes") == 1

@@ -11,7 +11,7 @@ from scipy.stats import pearsonr, spearmanr
 
 from hespotex.cli.main import main
 from hespotex.errors import InputDataError
-from hespotex.training.bulk import column_correlation, column_spearman, run_evaluate_bulk
+from hespotex.evaluation.bulk import column_correlation, column_spearman, run_evaluate_bulk
 
 SAMPLES = [f"TCGA-AA-{index:04d}-01" for index in range(12)]
 

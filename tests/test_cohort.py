@@ -100,8 +100,8 @@ def test_summary_says_done_failed_with_the_logged_error_or_not_run(tmp_path):
     }
     good.qc.write_text(json.dumps(qc))
     bad = SlidePaths(config.results, "bad")
-    bad.stage_timing("tissue").parent.mkdir(parents=True)
-    bad.stage_timing("tissue").write_text("{}")
+    bad.stage_record("tissue").parent.mkdir(parents=True)
+    bad.stage_record("tissue").write_text("{}")
     log = LogPaths(config.logs).stage("tiles", "bad")
     log.parent.mkdir(parents=True)
     log.write_text(

@@ -10,13 +10,13 @@ import pandas as pd
 import pytest
 from conftest import SVS, TEST_ENCODER
 
-from hespotex.cli.preflight import check_run
 from hespotex.config import parse_config
 from hespotex.errors import CheckpointError, ConfigError, EncoderMismatchError, InputDataError
 from hespotex.io.slide import open_slide
 from hespotex.io.stores import read_graph_store
-from hespotex.model.checkpoint import load_checkpoint, read_checkpoint_meta
+from hespotex.network.checkpoint import load_checkpoint, read_checkpoint_meta
 from hespotex.paths import SlidePaths
+from hespotex.pipeline.preflight import check_run
 from hespotex.stages.decode import run_decode
 from hespotex.stages.features import run_features
 from hespotex.stages.graph import run_graph
@@ -118,7 +118,7 @@ def test_min_gene_pearson_keeps_the_trusted_genes_and_preflight_names_the_droppe
 def test_crossval_scores_travel_into_the_checkpoint_only_from_the_same_encoder(
     tmp_path, trained_checkpoint
 ):
-    from hespotex.training.crossval import with_cv_scores
+    from hespotex.evaluation.crossval import with_cv_scores
 
     meta = read_checkpoint_meta(trained_checkpoint)
     run = tmp_path / "cv"
@@ -241,7 +241,7 @@ def test_a_checkpoint_scaled_by_nucleus_counts_decodes_with_the_features_stage_c
     the authors' factor (counts clipped to 1..20, over the slide's largest, plus 1), and refuses
     a store written for a checkpoint without them."""
     from hespotex.io.stores import read_feature_store
-    from hespotex.model.checkpoint import save_checkpoint
+    from hespotex.network.checkpoint import save_checkpoint
 
     model, meta = load_checkpoint(trained_checkpoint)
     scaled = tmp_path / "scaled.safetensors"

@@ -16,11 +16,11 @@ import torch
 from safetensors.torch import save_file
 
 from hespotex.config import EncoderConfig, parse_config
+from hespotex.encoder.build import build_network, load_encoder
+from hespotex.encoder.identity import check_same_encoder, encoder_identity
+from hespotex.encoder.runners import OnnxRunner, export_onnx
 from hespotex.encoder_specs import ENCODER_PRESETS, EncoderSpec, Family, Pooling
 from hespotex.errors import ConfigError, EncoderMismatchError, InputDataError
-from hespotex.model.encoders import build_network, load_encoder
-from hespotex.model.identity import check_same_encoder, encoder_identity
-from hespotex.model.runners import OnnxRunner, export_onnx
 
 # The depth argument of each family, and the depth the giant presets are tested at.
 DEPTH_KEY = {

@@ -12,8 +12,9 @@ import pytest
 import torch
 from conftest import REQUIRE_MOUNT, SVS, TEST_ENCODER, tissue_on_glass, unavailable, venv_env
 
-from hespotex.cli.preflight import check_run
 from hespotex.config import EncoderConfig, parse_config
+from hespotex.encoder.build import load_encoder
+from hespotex.encoder.runners import TorchRunner, encode_batch
 from hespotex.errors import (
     CheckpointError,
     ConfigError,
@@ -25,10 +26,9 @@ from hespotex.errors import (
 )
 from hespotex.io.backends import ArraySlide
 from hespotex.io.slide import Slide, open_slide
-from hespotex.model.checkpoint import load_checkpoint, read_checkpoint_meta
-from hespotex.model.encoders import load_encoder
-from hespotex.model.runners import TorchRunner, encode_batch
+from hespotex.network.checkpoint import load_checkpoint, read_checkpoint_meta
 from hespotex.paths import SlidePaths
+from hespotex.pipeline.preflight import check_run
 from hespotex.stages.features import encode_patches
 from hespotex.stages.tiles import run_tiles
 from hespotex.stages.tissue import run_tissue

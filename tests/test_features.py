@@ -7,15 +7,16 @@ from conftest import SVS, TEST_ENCODER
 
 from hespotex import __version__
 from hespotex.config import EncoderConfig, parse_config
+from hespotex.encoder.build import load_encoder, read_state_dict
+from hespotex.encoder.identity import EncoderIdentity, encoder_identity
 from hespotex.errors import ConfigError, InputDataError
 from hespotex.io.checksum import file_sha256
+from hespotex.io.records import read_spots
 from hespotex.io.slide import open_slide
 from hespotex.io.stores import StoreKeys, read_feature_store
-from hespotex.model.encoders import load_encoder, read_state_dict
-from hespotex.model.identity import EncoderIdentity, encoder_identity
 from hespotex.paths import SlidePaths
 from hespotex.stages.features import run_features
-from hespotex.stages.tiles import read_spots, run_tiles
+from hespotex.stages.tiles import run_tiles
 from hespotex.stages.tissue import run_tissue
 
 

@@ -1,6 +1,6 @@
 import numpy as np
 
-from hespotex.model.spot_graph import knn_edges
+from hespotex.network.spot_graph import knn_edges
 
 
 def test_knn_edges_are_symmetric_without_self_loops_and_at_least_k():

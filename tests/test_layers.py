@@ -1,7 +1,8 @@
 """The package's layers, checked on its source: no import goes upward, and none goes round.
 
-Layers, bottom to top: the root modules (errors, units, encoder_specs, config, paths), io,
-model, stages, outputs, training, cli. A module may import its own layer and those below it;
+Layers, bottom to top: the root modules (errors, units, encoder_specs, config, paths,
+stage_table, metrics), io, encoder, network, stages, outputs, pipeline, training, evaluation,
+demo, cli. A module may import its own layer and those below it;
 lazy imports inside functions count too, since they run all the same.
 """
 
@@ -16,7 +17,19 @@ from conftest import REPO
 import hespotex
 
 PACKAGE = REPO / "hespotex"
-LAYERS = ("", "io", "model", "stages", "outputs", "training", "cli")
+LAYERS = (
+    "",
+    "io",
+    "encoder",
+    "network",
+    "stages",
+    "outputs",
+    "pipeline",
+    "training",
+    "evaluation",
+    "demo",
+    "cli",
+)
 
 
 def module_name(path: Path) -> str:
@@ -52,7 +65,8 @@ def imported_modules(module: str) -> set[str]:
 def test_the_layer_map_knows_every_module():
     assert "hespotex.stages.features" in MODULES and "hespotex.cli.main" in MODULES
     assert layer("hespotex.config") == 0 and layer("hespotex") == 0
-    assert layer("hespotex.io") == 1 and layer("hespotex.cli.main") == 6
+    assert layer("hespotex.io") == 1 and layer("hespotex.cli.main") == len(LAYERS) - 1
+    assert layer("hespotex.stage_table") == 0 and layer("hespotex.pipeline.engine") == 6
     unknown = [
         name for name in MODULES if name.count(".") >= 2 and name.split(".")[1] not in LAYERS
     ]
@@ -115,10 +129,16 @@ def test_the_package_docstring_lists_the_layers():
         assert f"``{sub}``" in hespotex.__doc__
 
 
-def test_every_stage_has_a_sub_command_and_a_run_in_the_batch_runner():
-    from hespotex.cli.batch import STAGE_RUNS
-    from hespotex.cli.main import STAGE_HELP
-    from hespotex.paths import JOBS, STAGES
+def test_every_stage_of_the_table_has_a_sub_command_a_run_and_its_files():
+    from hespotex.cli.main import build_parser
+    from hespotex.paths import SlidePaths
+    from hespotex.pipeline.engine import STAGE_RUNS
+    from hespotex.stage_table import JOBS, STAGE_TABLE, STAGES
 
-    assert tuple(STAGE_HELP) == tuple(STAGE_RUNS) == STAGES
+    sub_commands = build_parser()._subparsers._group_actions[0].choices
+    assert all(stage in sub_commands for stage in STAGES)
+    assert tuple(STAGE_RUNS) == STAGES
     assert sum(JOBS.values(), ()) == STAGES, "the workflow's jobs run every stage once, in order"
+    for stage in STAGE_TABLE:
+        for name in (*stage.reads, *stage.writes):
+            assert name in ("slide", "checkpoint") or hasattr(SlidePaths, name), (stage, name)

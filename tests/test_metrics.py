@@ -5,9 +5,10 @@ import torch
 from scipy.stats import pearsonr
 
 from hespotex.errors import InputDataError
-from hespotex.training.crossval import fold_plan, summary_tables
-from hespotex.training.evaluation import score_genes, summarise
-from hespotex.training.metrics import (
+from hespotex.evaluation.crossval import fold_plan, summary_tables
+from hespotex.evaluation.evaluate import score_genes, summarise
+from hespotex.evaluation.probe import fit_ridge_probe
+from hespotex.metrics import (
     map_raster,
     mse_per_gene,
     pearson_per_gene,
@@ -15,7 +16,6 @@ from hespotex.training.metrics import (
     spot_pitch,
     ssim_per_gene,
 )
-from hespotex.training.probe import fit_ridge_probe
 
 
 def hex_centres(rows: int, columns: int, pitch: float = 100.0) -> np.ndarray:

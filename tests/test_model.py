@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from hespotex.model.spot_graph import knn_edges
-from hespotex.model.streams import (
+from hespotex.network.spot_graph import knn_edges
+from hespotex.network.streams import (
     ExpressionAutoencoder,
     ImageStream,
     ImageStreamShape,

@@ -1,5 +1,5 @@
 """The outputs stage and each of its writers: heatmaps, top-patch montages, QuPath GeoJSON,
-stage timings and qc.json, on a real slide decoded by the trained checkpoint."""
+stage records and qc.json, on a real slide decoded by the trained checkpoint."""
 
 import json
 import time
@@ -10,9 +10,11 @@ import pytest
 from conftest import SVS
 
 from hespotex.errors import ConfigError
-from hespotex.outputs.qc import timed_stage, write_slide_qc
-from hespotex.paths import STAGES, SlidePaths
-from hespotex.stages.tiles import read_spots
+from hespotex.io.records import read_spots
+from hespotex.io.stage_records import stage_record
+from hespotex.outputs.qc import write_slide_qc
+from hespotex.paths import SlidePaths
+from hespotex.stage_table import STAGES
 
 
 def test_the_outputs_stage_draws_every_configured_gene(decoded):
@@ -68,14 +70,14 @@ def test_top_patch_montage_shows_the_highest_and_lowest_spots(decoded):
     assert highest.tolist() == [1, 0] and lowest.tolist() == [0, 1]
 
 
-def test_qc_json_records_spots_area_resolution_identities_and_stage_timings(
+def test_qc_json_records_spots_area_resolution_identities_and_stage_records(
     decoded, trained_checkpoint
 ):
     from hespotex.io.checksum import file_sha256
 
     config, paths = decoded
     for stage in STAGES:
-        with timed_stage(paths, stage):
+        with stage_record(paths, stage):
             time.sleep(0.01)
     write_slide_qc(config, "svs")
     qc = json.loads(paths.qc.read_text())

@@ -12,8 +12,9 @@ from PIL import Image
 
 from hespotex.config import GridConfig
 from hespotex.io.backends import ArraySlide
+from hespotex.io.geometry import ReadPlan, field_origins, level0_location
 from hespotex.io.patches import iter_patch_batches, plan_runs
-from hespotex.io.slide import ReadPlan, Slide, field_origins, level0_location, open_slide
+from hespotex.io.slide import Slide, open_slide
 from hespotex.io.windows import BACKGROUND
 from hespotex.stages.tiles import block_order, lattice_um
 
@@ -80,7 +81,7 @@ def test_a_spot_grid_on_a_real_slide_gives_openslides_pixels_decoding_each_tile_
         centres_um = lattice_um(width_um, height_um, GridConfig())
         centres = centres_um[block_order(centres_um)] / slide.mpp
         patches = np.concatenate(list(iter_patch_batches(slide, centres, plan, 16, 2)))
-    origins = field_origins(centres, plan, 1.0)
+    origins = field_origins(centres, plan)
     reference = openslide.OpenSlide(str(SVS))
     for patch, (x, y) in zip(patches, origins, strict=True):
         rgba = reference.read_region((int(x), int(y)), 0, (plan.level_px, plan.level_px))
@@ -127,9 +128,11 @@ def test_reading_a_coarser_level_matches_single_reads(small_pyramids):
 
 @pytest.mark.parametrize("downsample", [1.0, 2.0, 4.0002, 3.9997, 16.01])
 def test_level_origins_survive_the_round_trip_through_level_0(downsample):
-    plan = ReadPlan(level=1, level_px=56, level0_px=56 * downsample, output_px=56)
+    plan = ReadPlan(
+        level=1, downsample=downsample, level_px=56, level0_px=56 * downsample, output_px=56
+    )
     centres = np.random.default_rng(3).uniform(0, 90_000, size=(500, 2))
-    origins = field_origins(centres, plan, downsample)
+    origins = field_origins(centres, plan)
     back = [
         [math.floor(value / downsample) for value in level0_location(origin, downsample)]
         for origin in origins

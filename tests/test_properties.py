@@ -8,7 +8,7 @@ from scipy.spatial import cKDTree
 from hespotex.config import GridConfig
 from hespotex.io.backends import ArraySlide
 from hespotex.io.slide import Slide
-from hespotex.model.spot_graph import knn_edges
+from hespotex.network.spot_graph import knn_edges
 from hespotex.stages.tiles import lattice_um
 
 

@@ -6,18 +6,19 @@ import torch
 from conftest import SVS, TEST_ENCODER, write_sheet
 
 from hespotex.cli.main import main
-from hespotex.cli.preflight import check_run
 from hespotex.config import EncoderConfig, parse_config
+from hespotex.encoder.build import load_encoder
+from hespotex.encoder.identity import encoder_identity
+from hespotex.encoder.runners import OnnxRunner, TorchRunner, build_runner, export_onnx
 from hespotex.errors import ConfigError, EncoderMismatchError, InputDataError
 from hespotex.io.patches import iter_patch_batches
+from hespotex.io.records import read_spots
 from hespotex.io.slide import open_slide
 from hespotex.io.stores import read_feature_store
-from hespotex.model.encoders import load_encoder
-from hespotex.model.identity import encoder_identity
-from hespotex.model.runners import OnnxRunner, TorchRunner, build_runner, export_onnx
 from hespotex.paths import SlidePaths
+from hespotex.pipeline.preflight import check_run
 from hespotex.stages.features import run_features
-from hespotex.stages.tiles import read_spots, run_tiles
+from hespotex.stages.tiles import run_tiles
 from hespotex.stages.tissue import run_tissue
 
 # What the ONNX and PyTorch CPU kernels may disagree by, on unit-length fp32 features; the
@@ -127,7 +128,7 @@ def test_building_an_open_clip_encoder_leaves_transformers_unimported_but_import
     probe = (
         "import sys\n"
         "from hespotex.config import EncoderConfig\n"
-        "from hespotex.model.encoders import load_encoder\n"
+        "from hespotex.encoder.build import load_encoder\n"
         "load_encoder(EncoderConfig(architecture='vit-tiny-32', weights='random'))\n"
         "assert 'open_clip' in sys.modules and 'transformers' not in sys.modules\n"
         "import transformers\n"

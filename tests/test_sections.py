@@ -11,7 +11,7 @@ from conftest import SHARED_DATA
 from PIL import Image
 
 from hespotex.errors import InputDataError
-from hespotex.training.sections import (
+from hespotex.io.sections import (
     SectionLayout,
     SectionSource,
     load_section,

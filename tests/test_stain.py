@@ -10,18 +10,11 @@ import torch
 from conftest import SHARED_DATA, SVS, run_slide, write_sheet
 from scipy import sparse
 
-from hespotex.cli.preflight import check_run
 from hespotex.config import StainConfig, StainNormalisation, parse_config
-from hespotex.errors import ConfigError, SlideError, StainMismatchError
-from hespotex.io.backends import ArraySlide
-from hespotex.io.checksum import file_sha256
-from hespotex.io.slide import Slide, open_slide
-from hespotex.io.stores import StoreKeys, read_feature_store
-from hespotex.model.checkpoint import read_checkpoint_meta, save_checkpoint
-from hespotex.model.encoders import load_encoder
-from hespotex.model.encoding import fit_slide_stain, sample_patches
-from hespotex.model.runners import TorchRunner
-from hespotex.model.stain import (
+from hespotex.encoder.build import load_encoder
+from hespotex.encoder.encoding import fit_slide_stain, sample_patches
+from hespotex.encoder.runners import TorchRunner
+from hespotex.encoder.stain import (
     StainProfile,
     StainSetting,
     StainTransform,
@@ -29,13 +22,20 @@ from hespotex.model.stain import (
     fit_profile,
     reference_setting,
 )
+from hespotex.errors import ConfigError, SlideError, StainMismatchError
+from hespotex.io.backends import ArraySlide
+from hespotex.io.checksum import file_sha256
+from hespotex.io.records import read_spots
+from hespotex.io.sections import Section, read_sections_sheet
+from hespotex.io.slide import Slide, open_slide
+from hespotex.io.stores import StoreKeys, read_feature_store
+from hespotex.network.checkpoint import read_checkpoint_meta, save_checkpoint
 from hespotex.outputs.per_slide import feature_stain_transform
+from hespotex.pipeline.preflight import check_run
 from hespotex.stages.decode import run_decode
 from hespotex.stages.features import run_features
-from hespotex.stages.tiles import read_spots
 from hespotex.training.data import encode_sections, load_sections, training_stain
 from hespotex.training.fit import train
-from hespotex.training.sections import Section, read_sections_sheet
 
 MACENKO = StainNormalisation.MACENKO
 REINHARD = StainNormalisation.REINHARD

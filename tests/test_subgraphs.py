@@ -8,9 +8,10 @@ import pytest
 import torch
 from torch.nn import functional
 
-from hespotex.model.blocks import spatial_cores, spot_blocks
-from hespotex.model.spot_graph import knn_edges
-from hespotex.model.streams import (
+from hespotex.metrics import pearson_rows
+from hespotex.network.blocks import spatial_cores, spot_blocks
+from hespotex.network.spot_graph import knn_edges
+from hespotex.network.streams import (
     ExpressionAutoencoder,
     ImageStream,
     ImageStreamShape,
@@ -24,7 +25,6 @@ from hespotex.training.loops import (
     blockwise_rows,
     image_stream_prediction,
 )
-from hespotex.training.metrics import pearson_rows
 
 N_SPOTS = 400
 N_GENES = 12

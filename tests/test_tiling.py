@@ -4,9 +4,9 @@ from conftest import TEST_ENCODER
 from scipy.spatial import cKDTree
 
 from hespotex.config import GridConfig, parse_config
-from hespotex.stages.spot_qc import SlideMaps, footprint_fraction
+from hespotex.io.records import SlideMaps, TissueRecord
+from hespotex.stages.spot_qc import footprint_fraction
 from hespotex.stages.tiles import lattice_um, plan_spots
-from hespotex.stages.tissue import TissueRecord
 
 
 def test_hex_lattice_neighbours_are_one_spacing_apart():

@@ -15,10 +15,11 @@ from conftest import (
 from hespotex.config import TissueConfig, parse_config
 from hespotex.errors import NotBrightfieldError, WrongStainError
 from hespotex.io.pyramids import write_pyramid_tiff
+from hespotex.io.records import TissueRecord, read_mask
 from hespotex.io.slide import open_slide
 from hespotex.paths import SlidePaths
 from hespotex.stages.stain_check import StainVerdict, measure_stain
-from hespotex.stages.tissue import TissueRecord, read_mask, run_tissue, tissue_mask
+from hespotex.stages.tissue import run_tissue, tissue_mask
 
 
 def test_mask_area_of_a_known_tissue_block(he_tile):

@@ -11,21 +11,21 @@ from conftest import SHARED_DATA
 from scipy import sparse
 
 from hespotex.config import LibrarySize, parse_config
+from hespotex.demo.builder import HER2ST_MPP, her2st_image, patch_statistics, read_image
+from hespotex.encoder.build import load_encoder
+from hespotex.encoder.runners import TorchRunner
 from hespotex.errors import InputDataError
+from hespotex.evaluation.crossval import ridge_scores
+from hespotex.evaluation.evaluate import evaluate_encoded
+from hespotex.evaluation.probe import fit_ridge_probe
 from hespotex.io.backends import ArraySlide
+from hespotex.io.sections import Section, SectionSource, load_section
 from hespotex.io.slide import Slide
-from hespotex.model.encoders import load_encoder
-from hespotex.model.runners import TorchRunner
-from hespotex.model.spot_graph import knn_edges
-from hespotex.training.crossval import ridge_scores
+from hespotex.metrics import pearson_per_gene
+from hespotex.network.spot_graph import knn_edges
 from hespotex.training.data import encode_sections
-from hespotex.training.demo import HER2ST_MPP, her2st_image, patch_statistics, read_image
-from hespotex.training.evaluation import evaluate_encoded
 from hespotex.training.fit import fit
 from hespotex.training.genes import select_genes
-from hespotex.training.metrics import pearson_per_gene
-from hespotex.training.probe import fit_ridge_probe
-from hespotex.training.sections import Section, SectionSource, load_section
 
 PLANTED = ("PLANTED_NUCLEI", "PLANTED_STROMA", "PLANTED_DENSE")
 N_NOISE = 4
@@ -238,7 +238,7 @@ def test_genes_of_a_real_section_are_chosen_among_its_own():
 
 
 def test_nuclei_are_counted_on_real_he_pixels_and_not_on_glass(he_tile):
-    from hespotex.model.nuclei import count_nuclei
+    from hespotex.encoder.nuclei import count_nuclei
 
     patches = np.stack(
         [he_tile[:224, :224], he_tile[500:724, 300:524], np.full_like(he_tile[:224, :224], 240)]
@@ -309,7 +309,7 @@ def test_genes_of_interest_are_added_and_undetected_genes_left_out():
 
 
 def test_weight_average_follows_the_weights_over_epochs():
-    from hespotex.model.streams import ImageStream, ImageStreamShape
+    from hespotex.network.streams import ImageStream, ImageStreamShape
     from hespotex.training.fit import WeightAverage
 
     torch.manual_seed(0)

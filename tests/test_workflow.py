@@ -26,7 +26,8 @@ from conftest import (
     write_sheet,
 )
 
-from hespotex.paths import STAGES, CohortPaths, RunPaths, SlidePaths
+from hespotex.paths import CohortPaths, RunPaths, SlidePaths
+from hespotex.stage_table import STAGES
 
 pytestmark = pytest.mark.e2e
 # The cohort of `cohort_run`: every reader, an OME-Zarr folder included.
@@ -73,7 +74,7 @@ def outputs_of(results: Path, slide_id: str) -> list[Path]:
         paths.heatmaps,
         paths.top_patches,
         paths.qc,
-        *(paths.stage_timing(stage) for stage in STAGES),
+        *(paths.stage_record(stage) for stage in STAGES),
     ]
 
 
@@ -355,8 +356,8 @@ def test_sigkill_during_features_then_rerun_incomplete_finishes_without_redoing(
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert not second.features.exists(), "a partial feature store looks finished"
-    assert first.features.is_dir() and first.stage_timing("features").is_file()
-    kept = [first.spots, first.features, first.stage_timing("features")]
+    assert first.features.is_dir() and first.stage_record("features").is_file()
+    kept = [first.spots, first.features, first.stage_record("features")]
     finished_mtimes = {path: path.stat().st_mtime_ns for path in kept}
 
     assert run_snakemake(tmp_path, config, "--unlock").returncode == 0

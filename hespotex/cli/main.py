@@ -13,8 +13,9 @@ import logging
 import sys
 from pathlib import Path
 
-from hespotex.cli import LOG_FORMAT
 from hespotex.errors import HespotexError
+from hespotex.pipeline import LOG_FORMAT
+from hespotex.stage_table import STAGE_TABLE, STAGES
 
 logger = logging.getLogger("hespotex")
 
@@ -23,16 +24,6 @@ def _config(args: argparse.Namespace):
     from hespotex.config import load_config
 
     return load_config(args.config)
-
-
-STAGE_HELP = {
-    "tissue": "tissue mask, thumbnail and QC overlay",
-    "tiles": "spot grid over the tissue",
-    "features": "encode each spot's patch into Zarr",
-    "graph": "sparse kNN spot graph",
-    "decode": "predict expression → expression.h5ad",
-    "outputs": "heatmaps, top patches, QuPath GeoJSON, then qc.json",
-}
 
 
 def _samples(args: argparse.Namespace, config) -> list:
@@ -45,7 +36,6 @@ def _samples(args: argparse.Namespace, config) -> list:
 
 def _stages(args: argparse.Namespace) -> list[str]:
     from hespotex.errors import ConfigError
-    from hespotex.paths import STAGES
 
     stages = [args.stage] if args.stage else args.stages
     first = STAGES.index(stages[0])
@@ -55,12 +45,12 @@ def _stages(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    """Stages over slides in one process (``hespotex.cli.batch``). Slides named on the command
+    """Stages over slides in one process (``hespotex.pipeline.engine``). Slides named on the command
     line: a failed slide makes the command fail once the others are done. A shard (the
     workflow's jobs): each slide's stages log to ``logs/{stage}/{slide}.log``, failures are
     recorded in the manifest and the failure log, and the command succeeds."""
-    from hespotex.cli.batch import Outcome, record_failures, run_batch, write_manifest
     from hespotex.errors import SlidesFailedError
+    from hespotex.pipeline.engine import Outcome, record_failures, run_batch, write_manifest
 
     config = _config(args)
     shard_mode = args.shard is not None
@@ -89,7 +79,7 @@ def cmd_cohort(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate_bulk(args: argparse.Namespace) -> None:
-    from hespotex.training.bulk import run_evaluate_bulk
+    from hespotex.evaluation.bulk import run_evaluate_bulk
 
     summary = run_evaluate_bulk(
         args.pseudobulk, args.bulk, args.out, args.map, bulk_is_log=args.bulk_is_log
@@ -106,15 +96,15 @@ def cmd_evaluate_bulk(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from hespotex.model.checkpoint import save_checkpoint
+    from hespotex.io.sections import read_sections_sheet
+    from hespotex.network.checkpoint import save_checkpoint
     from hespotex.training.fit import train
-    from hespotex.training.sections import read_sections_sheet
 
     config = _config(args)
     resume = args.out.with_name(args.out.name + ".resume.pt")
     model, meta = train(read_sections_sheet(args.sections), args.validation, config, resume)
     if args.gene_scores is not None:
-        from hespotex.training.crossval import with_cv_scores
+        from hespotex.evaluation.crossval import with_cv_scores
 
         meta = with_cv_scores(meta, args.gene_scores)
     save_checkpoint(args.out, model, meta)
@@ -127,8 +117,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from hespotex.training.evaluation import run_evaluate
-    from hespotex.training.sections import read_sections_sheet
+    from hespotex.evaluation.evaluate import run_evaluate
+    from hespotex.io.sections import read_sections_sheet
 
     sources = read_sections_sheet(args.sections)
     if args.section:
@@ -138,8 +128,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_crossval(args: argparse.Namespace) -> None:
-    from hespotex.training.crossval import run_crossval
-    from hespotex.training.sections import read_sections_sheet
+    from hespotex.evaluation.crossval import run_crossval
+    from hespotex.io.sections import read_sections_sheet
 
     run_crossval(
         read_sections_sheet(args.sections), _config(args), args.seeds, args.out, args.top_genes
@@ -148,8 +138,8 @@ def cmd_crossval(args: argparse.Namespace) -> None:
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> None:
-    from hespotex.model.encoders import load_encoder
-    from hespotex.model.runners import export_onnx
+    from hespotex.encoder.build import load_encoder
+    from hespotex.encoder.runners import export_onnx
 
     config = _config(args)
     encoder = load_encoder(config.encoder)
@@ -158,7 +148,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> None:
-    from hespotex.cli.preflight import check_run
+    from hespotex.pipeline.preflight import check_run
 
     config = _config(args)
     samples = check_run(config)
@@ -166,7 +156,7 @@ def cmd_check(args: argparse.Namespace) -> None:
 
 
 def cmd_demo_data(args: argparse.Namespace) -> None:
-    from hespotex.training.demo import build_demo
+    from hespotex.demo.builder import build_demo
 
     build_demo(args.out, Path(args.shared_data))
 
@@ -196,13 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for stage, help_text in STAGE_HELP.items():
-        _add_slides(subparsers.add_parser(stage, help=help_text), stage)
+    for stage in STAGE_TABLE:
+        _add_slides(subparsers.add_parser(stage.name, help=stage.help), stage.name)
     run = subparsers.add_parser(
         "run", help="consecutive stages over many slides in one process (the workflow's jobs)"
     )
     _add_slides(run)
-    run.add_argument("--stages", nargs="+", required=True, choices=list(STAGE_HELP))
+    run.add_argument("--stages", nargs="+", required=True, choices=STAGES)
     shard = run.add_argument_group(
         "shard mode (the workflow's jobs): slides from a sheet, failures recorded, not raised"
     )

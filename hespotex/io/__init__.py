@@ -1,6 +1,6 @@
-"""Reading slides and writing files: slide reader backends and their factory, the tiled-TIFF
-tile cache, windowed patch reading, the Zarr stores, pyramid TIFFs, atomic writes and figures
-(headless matplotlib, written atomically).
+"""Every on-disk format and reader: slide readers and their factory, the reading pool, patch
+geometry, the Zarr stores, per-slide records (tissue, spots, stage records), ST section
+loaders, pyramid TIFFs, checksums, atomic writes and figures (headless matplotlib).
 
 Imports only the root modules (``errors``, ``units``, ``config``, ``paths``) and itself.
 """

@@ -11,7 +11,7 @@ are read together either way. Batches are read by a pool of threads (the JPEG co
 OpenSlide release the GIL) at most ``max(1, workers) + 1`` batches ahead, into fresh arrays,
 so memory stays bounded whatever the slide's size. A per-pixel ``transform`` of each batch
 (stain normalisation) runs in the same threads, beside the encoder rather than before it.
-``hespotex.io.readers`` reads (and transforms) in processes instead.
+``hespotex.io.reading_pool`` reads (and transforms) in processes instead.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hespotex.io.slide import ReadPlan, Slide, field_origins, level0_location, resample_field
+from hespotex.io.geometry import ReadPlan, field_origins, level0_location, resample_field
+from hespotex.io.slide import Slide
 
 
 @dataclass(frozen=True)
@@ -61,12 +62,6 @@ def plan_runs(origins: np.ndarray, patch_level_px: int, max_region_px: int) -> l
     return runs
 
 
-def patch_origins(slide: Slide, centres_px: np.ndarray, plan: ReadPlan) -> np.ndarray:
-    """Each patch's top-left corner in read-level pixels."""
-    downsample = slide.backend.level_downsamples[plan.level]
-    return field_origins(np.asarray(centres_px, dtype=np.float64), plan, downsample)
-
-
 def read_batch(slide: Slide, origins: np.ndarray, plan: ReadPlan, max_region_px: int) -> np.ndarray:
     """The patches at ``origins`` (read-level pixels), (k, output_px, output_px, 3) uint8."""
     patches = np.empty((len(origins), plan.output_px, plan.output_px, 3), dtype=np.uint8)
@@ -87,10 +82,11 @@ def read_batch_into(
             else:
                 patches[index] = resample_field(tiles.read(plan.level, x, y, side, side), plan)
         return
-    downsample = slide.backend.level_downsamples[plan.level]
     for run in plan_runs(origins, side, max_region_px):
         region = slide.backend.read_region(
-            level0_location((run.left, run.top), downsample), plan.level, (run.width, run.height)
+            level0_location((run.left, run.top), plan.downsample),
+            plan.level,
+            (run.width, run.height),
         )
         for index in range(run.start, run.stop):
             x, y = origins[index] - (run.left, run.top)
@@ -113,7 +109,7 @@ def iter_patch_batches(
         patches = read_batch(slide, batch_origins, plan, max_region_px)
         return patches if transform is None else transform(patches)
 
-    origins = patch_origins(slide, centres_px, plan)
+    origins = field_origins(centres_px, plan)
     ahead = max(1, workers)
     with ThreadPoolExecutor(max_workers=ahead) as pool:
         pending: deque = deque()

@@ -2,16 +2,14 @@
 
 ``open_slide`` opens the file with the backend ``open_backend`` picks, resolves its µm per
 pixel (the sample sheet's value wins over the file's; a slide with neither is an error that
-says how to fix it) and returns a ``Slide``. Reads are windowed and planned in microns: a
-``ReadPlan`` says which level to read a field from and how it is resampled, so nothing here
-loads a whole level unless asked for a region that large.
+says how to fix it) and returns a ``Slide``. Reads are windowed and planned in microns
+(``io.geometry``'s ``ReadPlan``), so nothing here loads a whole level unless asked for a region
+that large.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,46 +22,17 @@ from hespotex.errors import (
     SlideTooSmallError,
 )
 from hespotex.io.backends import SlideBackend, open_backend
+from hespotex.io.geometry import (
+    ReadPlan,
+    best_level,
+    field_origins,
+    level0_location,
+    plan_read,
+    resample_field,
+)
 from hespotex.units import Mpp, SlidePixels, is_plausible_mpp
 
 logger = logging.getLogger(__name__)
-
-# An mpp may differ from the target by this factor and still count as "the same resolution":
-# scanners report 0.499 or 0.2527 for nominal 0.5 and 0.25.
-MPP_TOLERANCE = 1.05
-
-
-@dataclass(frozen=True)
-class ReadPlan:
-    """How to read a square field of ``field_um`` at ``target_mpp``: which level, how many
-    level pixels, and the level-0 extent that covers."""
-
-    level: int
-    level_px: int
-    level0_px: float
-    output_px: int
-
-
-def field_origins(centres_px: np.ndarray, plan: ReadPlan, downsample: float) -> np.ndarray:
-    """Top-left corner of the field around each level-0 centre, in read-level pixels: every
-    reader rounds here, once, so a field read alone and one cropped from a larger region are
-    the same pixels."""
-    return np.floor((centres_px - plan.level0_px / 2) / downsample).astype(np.int64)
-
-
-def level0_location(level_xy, downsample: float) -> tuple[int, int]:
-    """The level-0 point that readers map back to exactly ``level_xy`` on the level (rounded
-    up, so that dividing by a non-integer downsample does not land one pixel short)."""
-    return (math.ceil(level_xy[0] * downsample), math.ceil(level_xy[1] * downsample))
-
-
-def resample_field(field: np.ndarray, plan: ReadPlan) -> np.ndarray:
-    if plan.level_px == plan.output_px:
-        return field
-    resized = Image.fromarray(field).resize(
-        (plan.output_px, plan.output_px), Image.Resampling.BILINEAR, reducing_gap=2.0
-    )
-    return np.asarray(resized)
 
 
 class Slide:
@@ -95,31 +64,22 @@ class Slide:
     def level_mpp(self, level: int) -> float:
         return self.mpp * self.backend.level_downsamples[level]
 
+    @property
+    def level_mpps(self) -> list[float]:
+        return [self.level_mpp(level) for level in range(len(self.backend.level_downsamples))]
+
     def best_level(self, target_mpp: float) -> int:
-        """The coarsest level still at least as fine as ``target_mpp`` (read, then shrink);
-        level 0 when even that is coarser than the target."""
-        best = 0
-        for level in range(len(self.backend.level_downsamples)):
-            if self.level_mpp(level) <= target_mpp * MPP_TOLERANCE:
-                best = level
-        return best
+        return best_level(self.level_mpps, target_mpp)
 
     def plan(self, field_um: float, target_mpp: float) -> ReadPlan:
-        level = self.best_level(target_mpp)
-        level_px = max(1, round(field_um / self.level_mpp(level)))
-        return ReadPlan(
-            level=level,
-            level_px=level_px,
-            level0_px=level_px * self.backend.level_downsamples[level],
-            output_px=max(1, round(field_um / target_mpp)),
-        )
+        """How to read a ``field_um`` square at ``target_mpp`` (``io.geometry``)."""
+        return plan_read(self.level_mpps, self.backend.level_downsamples, field_um, target_mpp)
 
     def read_field(self, center: tuple[SlidePixels, SlidePixels], plan: ReadPlan) -> np.ndarray:
         """The square field centred on a level-0 point, resampled to ``plan.output_px``."""
-        downsample = self.backend.level_downsamples[plan.level]
-        origin = field_origins(np.array([center], dtype=np.float64), plan, downsample)[0]
+        origin = field_origins(np.array([center]), plan)[0]
         region = self.backend.read_region(
-            level0_location(origin, downsample), plan.level, (plan.level_px, plan.level_px)
+            level0_location(origin, plan.downsample), plan.level, (plan.level_px, plan.level_px)
         )
         return resample_field(region, plan)
 

@@ -26,7 +26,8 @@ import pandas as pd
 from hespotex.config import PipelineConfig, read_sample_sheet
 from hespotex.errors import InputDataError
 from hespotex.io.atomic import atomic_path, write_tsv
-from hespotex.paths import STAGES, CohortPaths, LogPaths, SlidePaths
+from hespotex.paths import CohortPaths, LogPaths, SlidePaths
+from hespotex.stage_table import STAGES
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def slide_status(config: PipelineConfig, slide_id: str) -> dict:
         row.update({f"{stage}_s": entry["seconds"] for stage, entry in qc["timings"].items()})
         return row
     for stage in STAGES:
-        if paths.stage_timing(stage).is_file():
+        if paths.stage_record(stage).is_file():
             continue
         log = LogPaths(config.logs).stage(stage, slide_id)
         if log.is_file():

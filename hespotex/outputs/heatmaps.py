@@ -10,7 +10,7 @@ import numpy as np
 
 from hespotex.io.atomic import atomic_path
 from hespotex.io.figures import plt, save_figure
-from hespotex.stages.tiles import spot_outline
+from hespotex.io.records import spot_outline
 
 FLAGGED_EDGE = "#00e5ff"
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from hespotex.config import FeaturesConfig
+from hespotex.encoder.stain import StainTransform
 from hespotex.io.atomic import atomic_path
 from hespotex.io.figures import plt, save_figure
 from hespotex.io.slide import Slide
-from hespotex.model.stain import StainTransform
 
 PATCH_INCHES = 1.6
 

@@ -17,16 +17,15 @@ import numpy as np
 import pandas as pd
 
 from hespotex.config import PipelineConfig
+from hespotex.encoder.stain import StainProfile, StainSetting, StainTransform
 from hespotex.errors import ConfigError
+from hespotex.io.records import SPOT_COLUMNS, TissueRecord, read_maps, read_spots
 from hespotex.io.slide import Slide
 from hespotex.io.stores import StoreKeys
-from hespotex.model.stain import StainProfile, StainSetting, StainTransform
 from hespotex.outputs.heatmaps import write_heatmaps
 from hespotex.outputs.montages import write_top_patch_montages
 from hespotex.outputs.qupath import write_qupath_geojson
 from hespotex.paths import SlidePaths
-from hespotex.stages.tiles import SPOT_COLUMNS, read_maps, read_spots
-from hespotex.stages.tissue import TissueRecord
 
 logger = logging.getLogger(__name__)
 

@@ -1,74 +1,31 @@
-"""Per-slide QC: what each stage cost, and ``qc.json``, what a slide's results rest on.
+"""``qc.json``: what a slide's results rest on and what each stage cost.
 
-Every stage command records its wall time and peak memory in ``qc/timings/{stage}.json``
-once it has succeeded (``timed_stage``); the outputs stage, the last, ends by writing ``qc.json``,
-which gathers them with the slide's spot count, tissue area, resolution (and where it came from),
-its stain check, the ink and fold areas and the tiles stage's quality control (spots kept, flagged
-and dropped, shares per artefact, the slide's verdict), the stain normalisation its patches went
-through and the encoder and checkpoint identities, so a result can be traced and a slow or odd slide
-spotted from one file.
+The outputs stage, the last, ends by writing ``qc.json``, which gathers the stage records' times
+and memory (``io.stage_records``) with the slide's spot count, tissue area, resolution (and
+where it came from), its stain check, the ink and fold areas and the tiles stage's quality
+control (spots kept, flagged and dropped, shares per artefact, the slide's verdict), the stain
+normalisation its patches went through and the encoder and checkpoint identities, so a result
+can be traced and a slow or odd slide spotted from one file.
 """
 
 from __future__ import annotations
 
 import json
-import resource
-import socket
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
 from hespotex import __version__
 from hespotex.config import PipelineConfig
+from hespotex.encoder.identity import EncoderIdentity
+from hespotex.encoder.stain import StainSetting
 from hespotex.io.atomic import write_json
 from hespotex.io.checksum import cached_sha256
+from hespotex.io.records import TissueRecord
+from hespotex.io.stage_records import read_stage_records
 from hespotex.io.stores import StoreKeys
-from hespotex.model.checkpoint import read_checkpoint_meta
-from hespotex.model.identity import EncoderIdentity
-from hespotex.model.stain import StainSetting
-from hespotex.paths import STAGES, SlidePaths
-from hespotex.stages.tissue import TissueRecord
-
-KIB_PER_MIB = 1024
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / KIB_PER_MIB
-
-
-@contextmanager
-def timed_stage(paths: SlidePaths, stage: str) -> Iterator[dict]:
-    """Time the block; once it has succeeded, record its wall time, this process's peak
-    memory and whatever the block put in the dict it is given (e.g. where the features time
-    went) in ``qc/timings/{stage}.json``. A failed stage leaves no record."""
-    started = time.perf_counter()
-    details: dict = {}
-    yield details
-    write_json(
-        paths.stage_timing(stage),
-        {
-            "stage": stage,
-            "seconds": round(time.perf_counter() - started, 3),
-            "peak_rss_mb": round(peak_rss_mb(), 1),
-            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-            "host": socket.gethostname(),
-            **details,
-        },
-    )
-
-
-def read_stage_timings(paths: SlidePaths) -> dict[str, dict]:
-    timings = {}
-    for stage in STAGES:
-        path = paths.stage_timing(stage)
-        if path.is_file():
-            timings[stage] = json.loads(path.read_text())
-    return timings
+from hespotex.network.checkpoint import read_checkpoint_meta
+from hespotex.paths import SlidePaths
 
 
 def _feature_store_records(path: Path) -> tuple[EncoderIdentity, StainSetting, dict | None]:
@@ -89,7 +46,7 @@ def write_slide_qc(config: PipelineConfig, slide_id: str) -> dict:
     encoder, stain, stain_source = _feature_store_records(paths.features)
     checkpoint = config.decode.checkpoint
     meta = read_checkpoint_meta(checkpoint)
-    timings = read_stage_timings(paths)
+    timings = read_stage_records(paths)
     with paths.spots.open() as spots:
         spot_count = sum(1 for _ in spots) - 1
     qc = {

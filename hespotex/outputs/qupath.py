@@ -20,7 +20,7 @@ import pandas as pd
 from skimage.measure import approximate_polygon, find_contours
 
 from hespotex.io.atomic import atomic_path
-from hespotex.stages.tiles import spot_outline
+from hespotex.io.records import spot_outline
 
 # Mask outlines are simplified to within this many mask pixels, to keep the file small.
 OUTLINE_TOLERANCE_PX = 0.75

@@ -2,5 +2,5 @@
 graph, decode; outputs is ``hespotex.outputs.per_slide``), and what two lean on: stain_check,
 artifacts (stain verdict, ink, folds), spot_qc and quality_picture (per-spot QC, its picture).
 
-Imports the root modules, ``hespotex.io`` and ``hespotex.model``, and stages before it.
+Imports the root modules, ``hespotex.io``, ``hespotex.encoder``, ``hespotex.network``.
 """

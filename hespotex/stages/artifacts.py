@@ -47,6 +47,7 @@ from scipy import ndimage
 from skimage.morphology import closing, disk, remove_small_holes, remove_small_objects
 
 from hespotex.config import FoldConfig, InkColour, InkConfig
+from hespotex.io.records import INK_CODES
 
 # The H&E band of the chromaticity plane: centre, unit axis (towards eosin) and unit normal.
 HE_CENTRE = np.array([-0.093, -0.184], dtype=np.float32)
@@ -137,10 +138,6 @@ INK_BOUNDS: dict[InkColour, InkBounds] = {
         ),
     ),
 }
-# Codes of the ink label image (0: no ink), and the bit that marks fold.
-INK_CODES = {InkColour.GREEN: 1, InkColour.BLUE: 2, InkColour.RED: 3, InkColour.BLACK: 4}
-INK_BITS = 0b0111
-FOLD_BIT = 0b1000
 # The OD direction of each marker colour on glass (the real thumbnails' medians).
 INK_OD_DIRECTION = {
     InkColour.GREEN: (0.79, 0.43, 0.43),
@@ -353,16 +350,6 @@ def fold_mask(
     local = np.where(weight > 1e-3, around / np.maximum(weight, 1e-6), median)
     fold = ndimage.binary_opening(tissue & dark & (density >= config.darkness * local))
     return remove_small_objects(fold, max_size=round(min_area_um2 / mask_mpp**2))
-
-
-def encode_artifacts(ink: np.ndarray, fold: np.ndarray) -> np.ndarray:
-    """One uint8 image of both: the ink code in the low bits, ``FOLD_BIT`` for fold."""
-    return (ink & INK_BITS) | np.where(fold, FOLD_BIT, 0).astype(np.uint8)
-
-
-def decode_artifacts(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Ink labels and fold mask from ``encode_artifacts``' image."""
-    return image & INK_BITS, (image & FOLD_BIT) > 0
 
 
 def ink_colour_areas(ink: np.ndarray, mask_mpp: float) -> dict[str, float]:

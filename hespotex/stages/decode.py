@@ -25,23 +25,21 @@ import torch
 
 from hespotex import __version__
 from hespotex.config import NucleusCounter, PipelineConfig
+from hespotex.encoder.identity import EncoderIdentity
+from hespotex.encoder.runners import pick_device
+from hespotex.encoder.stain import StainSetting
 from hespotex.errors import ConfigError, InputDataError
 from hespotex.io.atomic import atomic_path, read_png
+from hespotex.io.records import QcSummary, TissueRecord, read_spots
 from hespotex.io.stores import FeatureStore, StoreKeys, read_feature_store, read_graph_store
-from hespotex.model.checkpoint import (
+from hespotex.network.checkpoint import (
     CheckpointMeta,
     check_checkpoint_encoder,
     check_checkpoint_stain,
     load_checkpoint,
 )
-from hespotex.model.identity import EncoderIdentity
-from hespotex.model.runners import pick_device
-from hespotex.model.stain import StainSetting
-from hespotex.model.streams import ImageStream, nucleus_scale
+from hespotex.network.streams import ImageStream, nucleus_scale
 from hespotex.paths import SlidePaths
-from hespotex.stages.spot_qc import QcSummary
-from hespotex.stages.tiles import read_spots
-from hespotex.stages.tissue import TissueRecord
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Stage 3, features: read each spot's patch and encode it; one Zarr store per slide.
 
-Patches are read and encoded batch by batch (``hespotex.model.encoding``); features are
+Patches are read and encoded batch by batch (``hespotex.encoder.encoding``); features are
 written chunk by chunk as batches finish, so memory stays bounded. The store records the
 encoder's identity, the stain normalisation its patches went through (with the stain measured
 on this slide), and, when the configured checkpoint scales its predictions by nucleus counts,
@@ -16,18 +16,18 @@ import numpy as np
 
 from hespotex import __version__
 from hespotex.config import NucleusCounter, PipelineConfig
+from hespotex.encoder.encoding import EncodingTimes, encode_patches, fit_slide_stain
+from hespotex.encoder.runners import OnnxRunner, TorchRunner, build_runner
+from hespotex.encoder.stain import configured_setting
 from hespotex.io.atomic import atomic_path
+from hespotex.io.records import read_spots
 from hespotex.io.slide import Slide
 from hespotex.io.stores import FeatureStoreWriter, StoreKeys
-from hespotex.model.checkpoint import CheckpointMeta, read_checkpoint_meta
-from hespotex.model.encoding import EncodingTimes, encode_patches, fit_slide_stain
-from hespotex.model.runners import OnnxRunner, TorchRunner, build_runner
-from hespotex.model.stain import configured_setting
+from hespotex.network.checkpoint import CheckpointMeta, read_checkpoint_meta
 from hespotex.paths import SlidePaths
-from hespotex.stages.tiles import read_spots
 
 if TYPE_CHECKING:
-    from hespotex.io.readers import ReaderProcesses
+    from hespotex.io.reading_pool import ReadingPool
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +37,10 @@ def run_features(
     slide_id: str,
     config: PipelineConfig,
     runner: TorchRunner | OnnxRunner | None = None,
-    readers: ReaderProcesses | None = None,
+    pool: ReadingPool | None = None,
 ) -> dict[str, float]:
     """Encode the slide's spots into its feature store. ``runner`` is the configured encoder
-    already loaded and ``readers`` the reader processes (a job encoding many slides starts
+    already loaded and ``pool`` the reading pool's processes (a job encoding many slides starts
     them once); without them the encoder is built here and patches are read by threads.
     Returns the spot count and where the time went (seconds reading, encoding, counting
     nuclei, and waiting for the writer)."""
@@ -89,7 +89,7 @@ def run_features(
             slide_id,
             nucleus_counter,
             transform,
-            readers,
+            pool,
             times,
         )
         for batch in batches:

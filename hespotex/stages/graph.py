@@ -13,7 +13,7 @@ from hespotex import __version__
 from hespotex.config import PipelineConfig
 from hespotex.io.atomic import atomic_path
 from hespotex.io.stores import read_coords, write_graph_store
-from hespotex.model.spot_graph import knn_edges
+from hespotex.network.spot_graph import knn_edges
 from hespotex.paths import SlidePaths
 
 logger = logging.getLogger(__name__)

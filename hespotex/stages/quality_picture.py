@@ -14,8 +14,7 @@ from matplotlib.patches import Patch
 
 from hespotex.config import InkColour
 from hespotex.io.figures import plt, save_figure
-from hespotex.stages.artifacts import INK_CODES
-from hespotex.stages.spot_qc import Decision, QcSummary, Reason, SlideMaps
+from hespotex.io.records import INK_CODES, Decision, QcSummary, Reason, SlideMaps
 
 LONG_SIDE_IN = 9.0
 DPI = 100

@@ -18,10 +18,7 @@ map drawn over a slide mostly under ink, folded or out of focus would look fine 
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import asdict, dataclass
-from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
@@ -30,31 +27,15 @@ from skimage.color import rgb2gray
 
 from hespotex.config import ArtifactAction, ArtifactsConfig, CheckAction
 from hespotex.errors import NoTissueError, SlideQualityError
-from hespotex.io.atomic import write_json
 from hespotex.io.patches import iter_patch_batches
+from hespotex.io.records import Decision, QcSummary, Reason, SlideMaps
 from hespotex.io.slide import Slide
 from hespotex.stages.artifacts import blur_effect
 from hespotex.units import Microns
 
 logger = logging.getLogger(__name__)
 
-QC_COLUMNS = ["ink_fraction", "fold_fraction", "blur_score", "qc", "qc_reasons"]
 BLUR_BATCH = 64
-
-
-class Decision(StrEnum):
-    OK = "ok"
-    FLAGGED = "flagged"
-    DROPPED = "dropped"
-
-
-class Reason(StrEnum):
-    """Why a spot is flagged or dropped; listed in this order in ``qc_reasons``."""
-
-    INK = "ink"
-    GLASS = "glass"
-    FOLD = "fold"
-    BLUR = "blur"
 
 
 def footprint_fraction(
@@ -74,16 +55,6 @@ def footprint_fraction(
     inside = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
     full_area = max(1.0, (2 * half_px) ** 2)
     return np.clip(inside / full_area, 0.0, 1.0)
-
-
-@dataclass(frozen=True)
-class SlideMaps:
-    """The tissue stage's maps of a slide, all at ``mask_mpp`` µm per pixel."""
-
-    tissue: np.ndarray
-    ink: np.ndarray
-    fold: np.ndarray
-    mask_mpp: float
 
 
 def score_footprints(
@@ -147,38 +118,6 @@ def decide(spots: pd.DataFrame, config: ArtifactsConfig, min_tissue: float) -> p
         [dropped, flagged], [Decision.DROPPED.value, Decision.FLAGGED.value], Decision.OK.value
     )
     return spots.assign(qc=decision, qc_reasons=listed.str.lstrip(","))
-
-
-@dataclass(frozen=True)
-class QcSummary:
-    """What quality control did to a slide's spots; stored as ``qc/spot_qc.json``."""
-
-    tissue_spots: int
-    kept: int
-    flagged: int
-    dropped: int
-    # Spots over each artefact's threshold (whatever its action), and their share of the
-    # tissue spots (of those scored, for blur).
-    over_threshold: dict[str, int]
-    shares: dict[str, float]
-    actions: dict[str, str]
-    verdict: str
-
-    def describe(self) -> str:
-        return ", ".join(
-            f"{reason} {self.shares[reason]:.0%} ({self.over_threshold[reason]:,} spots)"
-            for reason in self.shares
-        )
-
-    def as_record(self) -> dict:
-        return asdict(self)
-
-    def write(self, path: Path) -> None:
-        write_json(path, self.as_record())
-
-    @classmethod
-    def read(cls, path: Path) -> QcSummary:
-        return cls(**json.loads(Path(path).read_text()))
 
 
 # The artefacts the slide check judges, as the share of tissue spots over threshold; glass is

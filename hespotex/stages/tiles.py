@@ -11,7 +11,6 @@ scores and ``qc`` (ok or flagged); ``spots_dropped.tsv`` the others, with their 
 from __future__ import annotations
 
 import logging
-import math
 
 import numpy as np
 import pandas as pd
@@ -19,27 +18,23 @@ import pandas as pd
 from hespotex.config import ArtifactAction, GridConfig, PipelineConfig
 from hespotex.errors import NoTissueError
 from hespotex.io.atomic import read_png, write_tsv
+from hespotex.io.records import (
+    SPOT_COLUMNS,
+    Decision,
+    SlideMaps,
+    TissueRecord,
+    read_maps,
+)
 from hespotex.io.slide import Slide
 from hespotex.paths import SlidePaths
 from hespotex.stages.quality_picture import draw_quality_picture
-from hespotex.stages.spot_qc import (
-    QC_COLUMNS,
-    Decision,
-    SlideMaps,
-    blur_scores,
-    check_slide,
-    decide,
-    score_footprints,
-    summarise,
-)
-from hespotex.stages.tissue import TissueRecord, read_artifacts, read_mask
+from hespotex.stages.spot_qc import blur_scores, check_slide, decide, score_footprints, summarise
 
 logger = logging.getLogger(__name__)
 
 # Spots are numbered block by block (blocks of this many µm, raster order inside), so that the
 # features stage reads each block's patches from one region (≈2,000 px at 0.5 µm/px).
 READ_BLOCK_UM = 900.0
-SPOT_COLUMNS = ["spot_id", "x_px", "y_px", "x_um", "y_um", "tissue_fraction", *QC_COLUMNS]
 
 
 def lattice_um(width_um: float, height_um: float, grid: GridConfig) -> np.ndarray:
@@ -54,18 +49,6 @@ def lattice_um(width_um: float, height_um: float, grid: GridConfig) -> np.ndarra
     centres = np.stack([xs.ravel(), ys.ravel()], axis=1)
     inside = (centres[:, 0] < width_um) & (centres[:, 1] < height_um)
     return centres[inside]
-
-
-def spot_outline(layout: str, spacing_px: float) -> np.ndarray:
-    """Corners, relative to the spot centre, of the cell a spot owns in its lattice."""
-    if layout == "hex":
-        # Pointy-top hexagons with circumradius spacing / √3 tile a lattice whose rows are
-        # spacing apart along x and spacing·√3/2 apart along y.
-        radius = spacing_px / math.sqrt(3)
-        angles = np.deg2rad(np.arange(6) * 60 + 90)
-        return np.stack([radius * np.cos(angles), radius * np.sin(angles)], axis=1)
-    half = spacing_px / 2
-    return np.array([[-half, -half], [half, -half], [half, half], [-half, half]])
 
 
 def block_order(centres_um: np.ndarray) -> np.ndarray:
@@ -102,22 +85,6 @@ def plan_spots(
         )
         spots.loc[going, "blur_score"] = scores.round(4)
     return decide(spots, artifacts, min_tissue)[SPOT_COLUMNS]
-
-
-def read_maps(paths: SlidePaths, record: TissueRecord) -> SlideMaps:
-    """The tissue stage's maps; a slide whose tissue stage predates artefact detection has
-    none found."""
-    tissue = read_mask(paths.tissue_mask)
-    if paths.artifacts_mask.exists():
-        ink, fold = read_artifacts(paths.artifacts_mask)
-    else:
-        logger.warning(
-            "%s is missing: no ink or fold is known for this slide (run its tissue stage "
-            "again to find them)",
-            paths.artifacts_mask,
-        )
-        ink, fold = np.zeros(tissue.shape, dtype=np.uint8), np.zeros(tissue.shape, dtype=bool)
-    return SlideMaps(tissue=tissue, ink=ink, fold=fold, mask_mpp=record.mask_mpp)
 
 
 def run_tiles(slide: Slide, slide_id: str, config: PipelineConfig) -> pd.DataFrame:
@@ -164,16 +131,3 @@ def run_tiles(slide: Slide, slide_id: str, config: PipelineConfig) -> pd.DataFra
     kept = spots[~dropped]
     write_tsv(paths.spots, kept)
     return kept
-
-
-def read_scored_spots(paths: SlidePaths) -> pd.DataFrame:
-    """Every tissue spot quality control scored: those kept, then those dropped."""
-    tables = [read_spots(paths.spots), read_spots(paths.dropped_spots)]
-    return pd.concat([table for table in tables if len(table)], ignore_index=True)
-
-
-def read_spots(path) -> pd.DataFrame:
-    spots = pd.read_csv(path, sep="\t", dtype={"spot_id": str})
-    if "qc_reasons" in spots.columns:
-        spots["qc_reasons"] = spots["qc_reasons"].fillna("")
-    return spots

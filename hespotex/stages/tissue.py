@@ -15,7 +15,7 @@ fold maps into ``artifacts_mask.png`` for the tiles stage.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +27,11 @@ from skimage.segmentation import find_boundaries
 from hespotex import __version__
 from hespotex.config import CheckAction, PipelineConfig, TissueConfig
 from hespotex.errors import NotBrightfieldError, WrongStainError
-from hespotex.io.atomic import read_png, write_json, write_png
+from hespotex.io.atomic import write_png
+from hespotex.io.records import TissueRecord, encode_artifacts
 from hespotex.io.slide import Slide, check_patch_geometry
 from hespotex.paths import SlidePaths
 from hespotex.stages.artifacts import (
-    decode_artifacts,
-    encode_artifacts,
     fold_mask,
     ink_colour_areas,
     ink_cover,
@@ -57,7 +56,7 @@ ACCEPTED_VERDICTS = {StainVerdict.HE, StainVerdict.TOO_LITTLE_TISSUE}
 
 @dataclass(frozen=True)
 class TissueDetection:
-    """The overview's tissue mask, ink labels (``artifacts.INK_CODES``) and fold mask."""
+    """The overview's tissue mask, ink labels (``io.records.INK_CODES``) and fold mask."""
 
     tissue: np.ndarray
     ink: np.ndarray
@@ -104,34 +103,6 @@ def outline_overlay(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
     edges = find_boundaries(mask, mode="thick")
     overlay[edges] = OUTLINE_RGB
     return overlay
-
-
-@dataclass(frozen=True)
-class TissueRecord:
-    """What later stages need to know about the slide; stored as ``tissue.json``."""
-
-    slide_id: str
-    slide_path: str
-    reader: str
-    width_px: int
-    height_px: int
-    mpp: float
-    mpp_source: str
-    mask_downsample: float
-    mask_mpp: float
-    tissue_area_mm2: float
-    hespotex_version: str
-    # The stain check's verdict and numbers (absent from records of older versions).
-    stain_check: dict | None = None
-    # Area of each ink colour found and of folds, mm² (absent from older records).
-    ink_area_mm2: dict[str, float] | None = None
-    fold_area_mm2: float | None = None
-
-    @classmethod
-    def read(cls, path: Path) -> TissueRecord:
-        import json
-
-        return cls(**json.loads(Path(path).read_text()))
 
 
 def check_stain(stain: StainMeasurement, action: CheckAction, path: Path) -> None:
@@ -202,14 +173,5 @@ def run_tissue(slide: Slide, slide_id: str, config: PipelineConfig) -> TissueRec
     write_png(paths.tissue_mask, (mask * 255).astype(np.uint8))
     write_png(paths.artifacts_mask, encode_artifacts(detection.ink, detection.fold))
     write_png(paths.tissue_qc, outline_overlay(overview, mask))
-    write_json(paths.tissue_record, asdict(record))
+    record.write(paths.tissue_record)
     return record
-
-
-def read_mask(path: Path) -> np.ndarray:
-    return read_png(path) > 127
-
-
-def read_artifacts(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Ink labels and fold mask the tissue stage wrote."""
-    return decode_artifacts(read_png(path))

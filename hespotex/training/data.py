@@ -1,13 +1,13 @@
 """Training sections loaded, encoded and put on the device: what the training loops read.
 
-Sections are loaded by their layout (``hespotex.training.sections``) and cleared of spots with
+Sections are loaded by their layout (``hespotex.io.sections``) and cleared of spots with
 too few counts; every spot's patch is read and encoded once, as the pipeline's features stage
-does (``hespotex.model.encoding``), with its nucleus count when configured, and stain
+does (``hespotex.encoder.encoding``), with its nucleus count when configured, and stain
 normalised when configured: each section's stain measured on its own patches and mapped to the
 target (``training_stain``: a reference image, or the pooled stain of the training sections,
 which the checkpoint then stores as its target). On the device each
 section holds its log-normalised expression, features and spatial blocks over the decoder's
-and the autoencoder's kNN graphs (``hespotex.model.blocks``).
+and the autoencoder's kNN graphs (``hespotex.network.blocks``).
 """
 
 from __future__ import annotations
@@ -20,15 +20,15 @@ import numpy as np
 import torch
 
 from hespotex.config import NucleusCounter, PipelineConfig, StainNormalisation
+from hespotex.encoder.encoding import encode_patches, fit_slide_stain, sample_patches
+from hespotex.encoder.runners import TorchRunner
+from hespotex.encoder.stain import StainSetting, fit_profile, reference_setting
 from hespotex.errors import InputDataError
+from hespotex.io.sections import Section, SectionSource, load_section
 from hespotex.io.slide import open_slide
-from hespotex.model.blocks import SpotBlock, spot_blocks
-from hespotex.model.encoding import encode_patches, fit_slide_stain, sample_patches
-from hespotex.model.runners import TorchRunner
-from hespotex.model.spot_graph import knn_edges
-from hespotex.model.stain import StainSetting, fit_profile, reference_setting
-from hespotex.model.streams import ExpressionAutoencoder, ImageStream, nucleus_scale
-from hespotex.training.sections import Section, SectionSource, load_section
+from hespotex.network.blocks import SpotBlock, spot_blocks
+from hespotex.network.spot_graph import knn_edges
+from hespotex.network.streams import ExpressionAutoencoder, ImageStream, nucleus_scale
 
 logger = logging.getLogger(__name__)
 

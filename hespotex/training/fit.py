@@ -29,13 +29,15 @@ import torch
 from tqdm import tqdm
 
 from hespotex.config import PipelineConfig, TrainingConfig
+from hespotex.encoder.build import load_encoder
+from hespotex.encoder.identity import EncoderIdentity
+from hespotex.encoder.runners import TorchRunner, pick_device
+from hespotex.encoder.stain import StainSetting
 from hespotex.errors import InputDataError
-from hespotex.model.checkpoint import CheckpointMeta
-from hespotex.model.encoders import load_encoder
-from hespotex.model.identity import EncoderIdentity
-from hespotex.model.runners import TorchRunner, pick_device
-from hespotex.model.stain import StainSetting
-from hespotex.model.streams import ImageStream, ImageStreamShape
+from hespotex.io.sections import SectionSource
+from hespotex.metrics import pearson_per_gene
+from hespotex.network.checkpoint import CheckpointMeta
+from hespotex.network.streams import ImageStream, ImageStreamShape
 from hespotex.training.data import (
     EncodedSection,
     SectionTensors,
@@ -51,9 +53,7 @@ from hespotex.training.loops import (
     train_expression_latents,
     validation_pearson,
 )
-from hespotex.training.metrics import pearson_per_gene
 from hespotex.training.resume import ResumeFile, fingerprint
-from hespotex.training.sections import SectionSource
 from hespotex.training.stopping import EarlyStopping
 
 logger = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ import pandas as pd
 
 from hespotex.config import GeneSelection, TrainingConfig
 from hespotex.errors import InputDataError
-from hespotex.training.sections import Section
+from hespotex.io.sections import Section
 
 logger = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ import torch
 from tqdm import tqdm
 
 from hespotex.config import TrainingConfig
-from hespotex.model.blocks import SpotBlock
-from hespotex.model.streams import ExpressionAutoencoder, ImageStream
+from hespotex.metrics import pearson_rows
+from hespotex.network.blocks import SpotBlock
+from hespotex.network.streams import ExpressionAutoencoder, ImageStream
 from hespotex.training.data import SectionTensors
-from hespotex.training.metrics import pearson_rows
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-from hespotex.model.streams import ImageStream
+from hespotex.network.streams import ImageStream
 
 
 @dataclass

@@ -2,17 +2,18 @@
 # pydantic models (the only validators: a JSON-schema check beside them would add nothing a
 # user sees and cost every Snakemake start its import). Every path comes from hespotex.paths,
 # so the rules and the `hespotex` commands agree on file names. A job runs a shard of slides
-# (hespotex.cli.shards); a slide that fails is recorded and the job goes on.
+# (hespotex.pipeline.shards); a slide that fails is recorded and the job goes on.
 import subprocess
 import sys
 
-from hespotex.cli.preflight import check_run, write_run_config
-from hespotex.cli.shards import ShardPlan, failure_log_size, previous_job, write_shard_sheets
+from hespotex.pipeline.preflight import check_run, write_run_config
+from hespotex.pipeline.shards import ShardPlan, failed_attempts, previous_job, write_shard_sheets
 from hespotex.config import parse_config, read_sample_sheet
 from hespotex.errors import HespotexError
 from hespotex.outputs import spatialdata_export
 from hespotex.outputs.cohort import failure_report
-from hespotex.paths import JOBS, CohortPaths, LogPaths, RunPaths, SlidePaths
+from hespotex.stage_table import JOBS
+from hespotex.paths import CohortPaths, LogPaths, RunPaths, SlidePaths
 
 
 try:
@@ -88,10 +89,10 @@ def shard_slide_files(wildcards):
     return [str(path) for path in paths if path.exists()]
 
 
-def attempts(job):
-    """The shard's failure log size: grows when a slide fails, so the next run retries the
-    shard (its finished slides are not redone: their stage records are current)."""
-    return lambda wildcards: failure_log_size(RUN_PATHS, job, wildcards.shard)
+def failed_attempts_of(job):
+    """The shard's failed slide attempts: grows when a slide fails, so the next run retries
+    the shard (its finished slides are not redone: their stage records are current)."""
+    return lambda wildcards: failed_attempts(RUN_PATHS, job, wildcards.shard)
 
 
 def shard_command(job):

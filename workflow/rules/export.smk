@@ -11,7 +11,7 @@ rule spatialdata:
         exporter=SPATIALDATA_EXPORTER,
         results=lambda wildcards: str(SETTINGS.results),
         failures=lambda wildcards: RUN.shard_failures("spatialdata", wildcards.shard),
-        attempts=attempts("spatialdata"),
+        failed_attempts=failed_attempts_of("spatialdata"),
     log:
         LOGS.shard("spatialdata", "{shard}"),
     resources:

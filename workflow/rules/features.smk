@@ -10,7 +10,7 @@ rule features:
     params:
         config=RUN_CONFIG,
         failures=lambda wildcards: RUN.shard_failures("features", wildcards.shard),
-        attempts=attempts("features"),
+        failed_attempts=failed_attempts_of("features"),
     log:
         LOGS.shard("features", "{shard}"),
     threads: max(1, SETTINGS.features.num_workers)

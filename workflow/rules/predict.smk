@@ -10,7 +10,7 @@ rule predict:
     params:
         config=RUN_CONFIG,
         failures=lambda wildcards: RUN.shard_failures("predict", wildcards.shard),
-        attempts=attempts("predict"),
+        failed_attempts=failed_attempts_of("predict"),
     log:
         LOGS.shard("predict", "{shard}"),
     resources:

@@ -11,7 +11,7 @@ rule prepare:
     params:
         config=RUN_CONFIG,
         failures=lambda wildcards: RUN.shard_failures("prepare", wildcards.shard),
-        attempts=attempts("prepare"),
+        failed_attempts=failed_attempts_of("prepare"),
     log:
         LOGS.shard("prepare", "{shard}"),
     resources:

@@ -21,13 +21,13 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from hespotex import __version__
 from hespotex.config import LibrarySize
+from hespotex.encoder.identity import EncoderIdentity, check_same_encoder
+from hespotex.encoder.stain import StainSetting, check_same_stain
 from hespotex.errors import CheckpointError, ConfigError
 from hespotex.io.atomic import atomic_path
-from hespotex.model.identity import EncoderIdentity, check_same_encoder
-from hespotex.model.stain import StainSetting, check_same_stain
 
 if TYPE_CHECKING:
-    from hespotex.model.streams import ImageStream, ImageStreamShape
+    from hespotex.network.streams import ImageStream, ImageStreamShape
 
 METADATA_KEY = "hespotex"
 # 2: the encoder as an EncoderIdentity, the patch geometry beside it. 3: the identity from the
@@ -103,7 +103,7 @@ class CheckpointMeta(BaseModel):
 
     @property
     def shape(self) -> ImageStreamShape:
-        from hespotex.model.streams import ImageStreamShape
+        from hespotex.network.streams import ImageStreamShape
 
         return ImageStreamShape(
             feature_dim=self.encoder.feature_dim,
@@ -160,7 +160,7 @@ def load_checkpoint(path: Path) -> tuple[ImageStream, CheckpointMeta]:
     import torch
     from safetensors.torch import load_file
 
-    from hespotex.model.streams import ImageStream
+    from hespotex.network.streams import ImageStream
 
     meta = read_checkpoint_meta(path)
     # Built without memory and filled with the file's tensors themselves: a second copy of

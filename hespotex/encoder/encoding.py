@@ -1,7 +1,7 @@
 """Patches read and encoded batch by batch: the one loop the features stage and training share.
 
 Patches are read from the pyramid level nearest above the patch resolution and resampled,
-region by region (``hespotex.io.patches``), ahead of the encoder (``hespotex.model.runners``),
+region by region (``hespotex.io.patches``), ahead of the encoder (``hespotex.encoder.runners``),
 so training and inference see the same pixels. With stain normalisation, the slide's stain is
 measured once on patches spread over its spots (``fit_slide_stain``) and every patch is mapped
 to the target's stain before the encoder sees it. When a nucleus counter is named, each
@@ -21,15 +21,15 @@ import numpy as np
 from tqdm import tqdm
 
 from hespotex.config import FeaturesConfig, NucleusCounter, StainNormalisation
+from hespotex.encoder.nuclei import count_nuclei
+from hespotex.encoder.runners import OnnxRunner, TorchRunner
+from hespotex.encoder.stain import StainSetting, StainTransform, fit_profile
 from hespotex.io.backends import ArraySlide
 from hespotex.io.patches import iter_patch_batches
 from hespotex.io.slide import Slide, check_patch_geometry
-from hespotex.model.nuclei import count_nuclei
-from hespotex.model.runners import OnnxRunner, TorchRunner
-from hespotex.model.stain import StainSetting, StainTransform, fit_profile
 
 if TYPE_CHECKING:
-    from hespotex.io.readers import ReaderProcesses
+    from hespotex.io.reading_pool import ReadingPool
 
 logger = logging.getLogger(__name__)
 
@@ -94,13 +94,13 @@ def encode_patches(
     description: str = "encoding",
     nucleus_counter: NucleusCounter = NucleusCounter.NONE,
     stain: StainTransform | None = None,
-    readers: ReaderProcesses | None = None,
+    pool: ReadingPool | None = None,
     times: EncodingTimes | None = None,
 ) -> Iterator[EncodedBatch]:
     """Features (B × D float32) for the patches centred on ``centres_px``, batch by batch,
     with the patches' nucleus counts when a counter is named; ``stain`` (from
     ``fit_slide_stain``) maps every patch before either sees it, where it is read. Patches
-    are read by ``readers`` (processes) when given and the slide is a file, else by
+    are read by ``pool`` (processes) when given and the slide is a file, else by
     threads."""
     plan = slide.plan(config.patch_um, config.patch_mpp)
     logger.info(
@@ -112,8 +112,8 @@ def encode_patches(
         slide.level_mpp(plan.level),
     )
     check_patch_geometry(slide, config.patch_um, config.patch_mpp, config.max_upsampling)
-    if readers is not None and slide.reader != ArraySlide.name:
-        batches = readers.batches(
+    if pool is not None and slide.reader != ArraySlide.name:
+        batches = pool.batches(
             slide, description, centres_px, plan, config.batch_size, config.max_region_px, stain
         )
     else:

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from hespotex.config import FeaturesConfig, PipelineConfig
+from hespotex.encoder.build import ImageEncoder, load_encoder
+from hespotex.encoder.identity import EncoderIdentity, check_same_encoder, encoder_identity
 from hespotex.errors import ConfigError, EncoderMemoryError, InputDataError
 from hespotex.io.atomic import atomic_path
-from hespotex.model.encoders import ImageEncoder, load_encoder
-from hespotex.model.identity import EncoderIdentity, check_same_encoder, encoder_identity
 
 logger = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ import subprocess
 from pathlib import Path
 
 from hespotex.config import PipelineConfig, SampleRow, read_sample_sheet
+from hespotex.encoder.identity import encoder_identity
+from hespotex.encoder.stain import check_stain_config
 from hespotex.errors import ConfigError
-from hespotex.model.checkpoint import check_checkpoint_encoder, read_checkpoint_meta
-from hespotex.model.identity import encoder_identity
-from hespotex.model.stain import check_stain_config
+from hespotex.network.checkpoint import check_checkpoint_encoder, read_checkpoint_meta
 
 
 def check_run(config: PipelineConfig) -> dict[str, SampleRow]:

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hespotex.config import SAMPLE_COLUMNS, SampleRow, SlidesPerJob
-from hespotex.paths import JOBS, RunPaths
+from hespotex.paths import RunPaths
+from hespotex.stage_table import JOBS
 
 SAMPLE_SHEET_HEADER = "\t".join(SAMPLE_COLUMNS)
 
@@ -82,10 +83,12 @@ def write_shard_sheets(
     return written
 
 
-def failure_log_size(paths: RunPaths, job: str, shard: str) -> int:
-    """Bytes in the shard's failure log: it grows with every failed attempt, so as a rule's
-    parameter it makes Snakemake rerun a shard whose slides failed last time, once."""
+def failed_attempts(paths: RunPaths, job: str, shard: str) -> int:
+    """How many slide attempts of the shard have failed: the lines of its failure log. It grows
+    with every failed attempt, so as a rule's parameter it makes Snakemake rerun a shard whose
+    slides failed last time, once."""
     try:
-        return paths.shard_failures(job, shard).stat().st_size
+        with paths.shard_failures(job, shard).open(encoding="utf-8") as log:
+            return sum(1 for _ in log)
     except FileNotFoundError:
         return 0

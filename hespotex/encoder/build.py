@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from hespotex.config import EncoderConfig
+from hespotex.encoder.identity import EncoderIdentity, encoder_identity, weights_path
 from hespotex.encoder_specs import STAIN_STATS_DIM, EncoderSpec, Family, Pooling, WeightsLayout
 from hespotex.errors import ConfigError, InputDataError
-from hespotex.model.identity import EncoderIdentity, encoder_identity, weights_path
 
 logger = logging.getLogger(__name__)
 

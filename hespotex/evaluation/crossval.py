@@ -24,23 +24,23 @@ import numpy as np
 import pandas as pd
 
 from hespotex.config import LibrarySize, PipelineConfig
+from hespotex.encoder.build import load_encoder
+from hespotex.encoder.identity import EncoderIdentity, check_same_encoder
+from hespotex.encoder.runners import TorchRunner, pick_device
 from hespotex.errors import InputDataError
+from hespotex.evaluation.evaluate import TOP_GENES, evaluate_encoded, score_genes, summarise
+from hespotex.evaluation.probe import fit_ridge_probe
 from hespotex.io.atomic import atomic_path, write_json, write_tsv
-from hespotex.model.checkpoint import CheckpointMeta
-from hespotex.model.encoders import load_encoder
-from hespotex.model.identity import EncoderIdentity, check_same_encoder
-from hespotex.model.runners import TorchRunner, pick_device
+from hespotex.io.sections import SectionSource
+from hespotex.network.checkpoint import CheckpointMeta
 from hespotex.training.data import (
     EncodedSection,
     encode_sections,
     load_sections,
     training_stain,
 )
-from hespotex.training.evaluation import TOP_GENES, evaluate_encoded, score_genes, summarise
 from hespotex.training.fit import fit
 from hespotex.training.genes import select_genes, seurat_v3_ranks, shared_genes
-from hespotex.training.probe import fit_ridge_probe
-from hespotex.training.sections import SectionSource
 
 logger = logging.getLogger(__name__)
 

@@ -35,11 +35,11 @@ from hespotex.io.atomic import atomic_path, write_tsv
 from hespotex.io.backends import ArraySlide
 from hespotex.io.pyramids import write_pyramid_tiff
 from hespotex.io.slide import Slide
-from hespotex.model.spot_graph import knn_edges
+from hespotex.network.spot_graph import knn_edges
 from hespotex.stages.spot_qc import footprint_fraction
 from hespotex.stages.tiles import lattice_um
 from hespotex.stages.tissue import tissue_mask
-from hespotex.training.planted_artifacts import planted_slide
+from hespotex.demo.planted_artifacts import planted_slide
 
 logger = logging.getLogger(__name__)
 

@@ -24,12 +24,13 @@ from pathlib import Path
 import numpy as np
 
 from hespotex.errors import SlideReadError
-from hespotex.io.patches import patch_origins, read_batch_into
-from hespotex.io.slide import ReadPlan, Slide
+from hespotex.io.geometry import ReadPlan, field_origins
+from hespotex.io.patches import read_batch_into
+from hespotex.io.slide import Slide
 
 logger = logging.getLogger(__name__)
 
-# How long the main process waits for a batch before checking that the readers still live.
+# How long the main process waits for a batch before checking that the pool's processes still live.
 POLL_SECONDS = 5.0
 
 
@@ -79,8 +80,8 @@ def _reader_loop(slot_names, slot_shape, tasks, results) -> None:
             memory.close()
 
 
-class ReaderProcesses:
-    """``workers`` reader processes and ``workers + 2`` batch slots of ``batch_size`` patches
+class ReadingPool:
+    """``workers`` reading processes and ``workers + 2`` batch slots of ``batch_size`` patches
     of ``patch_px``² pixels; a context manager that stops them and frees the memory."""
 
     def __init__(self, workers: int, batch_size: int, patch_px: int):
@@ -112,7 +113,7 @@ class ReaderProcesses:
         for process in self._processes:
             process.start()
 
-    def __enter__(self) -> ReaderProcesses:
+    def __enter__(self) -> ReadingPool:
         return self
 
     def __exit__(self, *_exc: object) -> None:
@@ -129,10 +130,10 @@ class ReaderProcesses:
         transform: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> Iterator[np.ndarray]:
         """(B, H, W, 3) uint8 batches in spot order, each mapped by ``transform`` (pickled
-        to the readers) when given, each a view into a slot that is valid until the next
+        to the processes) when given, each a view into a slot that is valid until the next
         one is asked for."""
         source = SlideSource.of(slide, name)
-        origins = patch_origins(slide, centres_px, plan)
+        origins = field_origins(centres_px, plan)
         if batch_size > self.slot_shape[0] or plan.output_px != self.slot_shape[1]:
             raise ValueError(f"batches of {batch_size} × {plan.output_px} px exceed the slots")
         starts = list(range(0, len(origins), batch_size))

@@ -1,12 +1,12 @@
 """Stages run over many slides in one process: what each workflow job does.
 
 A job takes a shard of the sample sheet and runs each slide through its stages in order
-(``paths.JOBS``: prepare = tissue, tiles; features; predict = graph, decode, outputs), so the
-imports, CUDA and the encoder load once per job, not once per slide. Slides fail alone: a
-slide whose stage raises is recorded (the ERROR line in ``logs/{stage}/{slide}.log``, a line
-in the shard's failure log, its row in the shard's manifest) and the job goes on with the
-next one. A stage whose record (``qc/timings/{stage}.json``) is newer than its inputs is not
-redone, so a rerun after a crash, a kill or a failed slide does only what is missing.
+(``stage_table.JOBS``: prepare = tissue, tiles; features; predict = graph, decode, outputs), so the
+imports, CUDA and the encoder load once per job, not once per slide. Slides fail alone: a slide
+whose stage raises is recorded (the ERROR line in ``logs/{stage}/{slide}.log``, a line in the
+shard's failure log, its row in the shard's manifest) and the job goes on with the next one. A
+stage whose record (``qc/stages/{stage}.json``, ``io.stage_records``) is newer than its inputs
+is not redone, so a rerun after a crash, a kill or a failed slide does only what is missing.
 """
 
 from __future__ import annotations
@@ -22,13 +22,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from hespotex.cli import LOG_FORMAT
 from hespotex.config import PipelineConfig, SampleRow
 from hespotex.errors import HespotexError
 from hespotex.io.atomic import write_tsv
 from hespotex.io.slide import Slide, open_slide
-from hespotex.outputs.qc import timed_stage, write_slide_qc
-from hespotex.paths import STAGES, LogPaths, SlidePaths
+from hespotex.io.stage_records import stage_record
+from hespotex.outputs.qc import write_slide_qc
+from hespotex.paths import LogPaths, SlidePaths
+from hespotex.pipeline import LOG_FORMAT
+from hespotex.stage_table import STAGES
 
 logger = logging.getLogger(__name__)
 
@@ -51,14 +53,14 @@ class SlideResult:
 
 class SharedWork:
     """What the job's slides share, made on first use: the encoder and the decoder, loaded
-    once, and the reader processes when configured. A context manager that stops the
-    readers."""
+    once, and the reading pool's processes when configured. A context manager that
+    stops them."""
 
     def __init__(self, config: PipelineConfig):
         self.config = config
         self._runner = None
-        self._readers = None
-        self._readers_failed = False
+        self._pool = None
+        self._pool_failed = False
         self._decoder = None
         # Seconds spent making them, not yet reported in a stage record.
         self.unreported_setup = 0.0
@@ -67,12 +69,12 @@ class SharedWork:
         return self
 
     def __exit__(self, *_exc: object) -> None:
-        if self._readers is not None:
-            self._readers.close()
+        if self._pool is not None:
+            self._pool.close()
 
     def runner(self):
         if self._runner is None:
-            from hespotex.model.runners import build_runner
+            from hespotex.encoder.runners import build_runner
 
             started = time.perf_counter()
             self._runner = build_runner(self.config)
@@ -81,23 +83,23 @@ class SharedWork:
             logger.info("encoder ready in %.1f s", seconds)
         return self._runner
 
-    def readers(self):
+    def reading_pool(self):
         features = self.config.features
-        wanted = features.readers == "processes" and features.num_workers
-        if self._readers is None and wanted and not self._readers_failed:
-            from hespotex.io.readers import ReaderProcesses
+        wanted = features.reading == "processes" and features.num_workers
+        if self._pool is None and wanted and not self._pool_failed:
+            from hespotex.io.reading_pool import ReadingPool
 
             started = time.perf_counter()
             try:
-                self._readers = ReaderProcesses(
+                self._pool = ReadingPool(
                     features.num_workers, features.batch_size, features.patch_px
                 )
             except OSError as error:
                 # A node with little shared memory (/dev/shm) still runs, more slowly.
-                logger.warning("no reader processes (%s): reading with threads", error)
-                self._readers_failed = True
+                logger.warning("no reading pool processes (%s): reading with threads", error)
+                self._pool_failed = True
             self.unreported_setup += time.perf_counter() - started
-        return self._readers
+        return self._pool
 
     def decoder(self):
         if self._decoder is None:
@@ -113,7 +115,7 @@ class SharedWork:
         return round(seconds, 3)
 
 
-class SlideJob:
+class SlideTask:
     """One slide's stages in this job: its sample row and its slide, opened once on first use
     and closed when the slide is done."""
 
@@ -135,47 +137,47 @@ class SlideJob:
             self._slide = None
 
 
-def _tissue(job: SlideJob) -> None:
+def _tissue(task: SlideTask) -> None:
     from hespotex.stages.tissue import run_tissue
 
-    run_tissue(job.slide(), job.slide_id, job.config)
+    run_tissue(task.slide(), task.slide_id, task.config)
 
 
-def _tiles(job: SlideJob) -> None:
+def _tiles(task: SlideTask) -> None:
     from hespotex.stages.tiles import run_tiles
 
-    run_tiles(job.slide(), job.slide_id, job.config)
+    run_tiles(task.slide(), task.slide_id, task.config)
 
 
-def _features(job: SlideJob) -> dict[str, float]:
+def _features(task: SlideTask) -> dict[str, float]:
     from hespotex.stages.features import run_features
 
-    shared = job.shared
-    runner, readers = shared.runner(), shared.readers()
+    shared = task.shared
+    runner, pool = shared.runner(), shared.reading_pool()
     setup = shared.take_setup()
-    return {**run_features(job.slide(), job.slide_id, job.config, runner, readers), "setup": setup}
+    return {**run_features(task.slide(), task.slide_id, task.config, runner, pool), "setup": setup}
 
 
-def _graph(job: SlideJob) -> None:
+def _graph(task: SlideTask) -> None:
     from hespotex.stages.graph import run_graph
 
-    run_graph(job.slide_id, job.config)
+    run_graph(task.slide_id, task.config)
 
 
-def _decode(job: SlideJob) -> None:
+def _decode(task: SlideTask) -> None:
     from hespotex.stages.decode import run_decode
 
-    run_decode(job.slide_id, job.config, job.shared.decoder())
+    run_decode(task.slide_id, task.config, task.shared.decoder())
 
 
-def _outputs(job: SlideJob) -> None:
+def _outputs(task: SlideTask) -> None:
     from hespotex.outputs.per_slide import write_slide_outputs
 
-    write_slide_outputs(job.slide(), job.slide_id, job.config)
+    write_slide_outputs(task.slide(), task.slide_id, task.config)
 
 
-# Each stage on one slide; a stage may return figures to keep in its timing record.
-STAGE_RUNS: dict[str, Callable[[SlideJob], dict | None]] = {
+# Each stage on one slide; a stage may return figures to keep in its stage record.
+STAGE_RUNS: dict[str, Callable[[SlideTask], dict | None]] = {
     "tissue": _tissue,
     "tiles": _tiles,
     "features": _features,
@@ -192,17 +194,17 @@ def _mtime_ns(path: Path) -> int | None:
         return None
 
 
-def is_current(job: SlideJob, stage: str) -> bool:
+def is_current(task: SlideTask, stage: str) -> bool:
     """The stage's record exists and is newer than what the stage read: the previous stage's
     record (the slide file for the first stage) and, for decode, the checkpoint."""
-    paths = SlidePaths(job.config.results, job.slide_id)
-    made = _mtime_ns(paths.stage_timing(stage))
+    paths = SlidePaths(task.config.results, task.slide_id)
+    made = _mtime_ns(paths.stage_record(stage))
     if made is None:
         return False
     index = STAGES.index(stage)
-    inputs = [paths.stage_timing(STAGES[index - 1]) if index else job.sample.slide_path]
-    if stage == "decode" and job.config.decode.checkpoint is not None:
-        inputs.append(Path(job.config.decode.checkpoint))
+    inputs = [paths.stage_record(STAGES[index - 1]) if index else task.sample.slide_path]
+    if stage == "decode" and task.config.decode.checkpoint is not None:
+        inputs.append(Path(task.config.decode.checkpoint))
     for path in inputs:
         mtime = _mtime_ns(path)
         if mtime is None or mtime > made:
@@ -228,35 +230,35 @@ def stage_log(config: PipelineConfig, stage: str, slide_id: str) -> Iterator[Non
 
 
 def run_slide(
-    job: SlideJob, stages: Sequence[str], force: bool, per_slide_logs: bool
+    task: SlideTask, stages: Sequence[str], force: bool, per_slide_logs: bool
 ) -> SlideResult:
     """The slide through ``stages`` in order; the first failure ends it."""
     first = STAGES.index(stages[0])
-    if first and not is_current(job, STAGES[first - 1]):
-        logger.info("%s: waiting for its %s stage to succeed", job.slide_id, STAGES[first - 1])
-        return SlideResult(job.slide_id, Outcome.WAITING, STAGES[first - 1])
-    paths = SlidePaths(job.config.results, job.slide_id)
+    if first and not is_current(task, STAGES[first - 1]):
+        logger.info("%s: waiting for its %s stage to succeed", task.slide_id, STAGES[first - 1])
+        return SlideResult(task.slide_id, Outcome.WAITING, STAGES[first - 1])
+    paths = SlidePaths(task.config.results, task.slide_id)
     ran = False
     for stage in stages:
-        if not force and is_current(job, stage):
-            logger.info("%s: %s is done already", job.slide_id, stage)
+        if not force and is_current(task, stage):
+            logger.info("%s: %s is done already", task.slide_id, stage)
             continue
         ran = True
-        log = stage_log(job.config, stage, job.slide_id) if per_slide_logs else nullcontext()
+        log = stage_log(task.config, stage, task.slide_id) if per_slide_logs else nullcontext()
         with log:
             try:
-                with timed_stage(paths, stage) as record:
-                    record.update(STAGE_RUNS[stage](job) or {})
+                with stage_record(paths, stage) as record:
+                    record.update(STAGE_RUNS[stage](task) or {})
             except HespotexError as error:
-                logger.error("%s failed [slide %s]: %s", stage, job.slide_id, error)
-                return SlideResult(job.slide_id, Outcome.FAILED, stage, str(error))
+                logger.error("%s failed [slide %s]: %s", stage, task.slide_id, error)
+                return SlideResult(task.slide_id, Outcome.FAILED, stage, str(error))
             except Exception as error:  # a slide must fail alone, whatever it raises
-                logger.exception("%s failed [slide %s]: unexpected error", stage, job.slide_id)
+                logger.exception("%s failed [slide %s]: unexpected error", stage, task.slide_id)
                 cause = f"unexpected {type(error).__name__}: {error}"
-                return SlideResult(job.slide_id, Outcome.FAILED, stage, cause)
+                return SlideResult(task.slide_id, Outcome.FAILED, stage, cause)
     if ran and stages[-1] == STAGES[-1]:
-        write_slide_qc(job.config, job.slide_id)
-    return SlideResult(job.slide_id, Outcome.DONE)
+        write_slide_qc(task.config, task.slide_id)
+    return SlideResult(task.slide_id, Outcome.DONE)
 
 
 def run_batch(
@@ -270,11 +272,11 @@ def run_batch(
     results = []
     with SharedWork(config) as shared:
         for sample in samples:
-            job = SlideJob(sample, config, shared)
+            task = SlideTask(sample, config, shared)
             try:
-                results.append(run_slide(job, stages, force, per_slide_logs))
+                results.append(run_slide(task, stages, force, per_slide_logs))
             finally:
-                job.close()
+                task.close()
     return results
 
 
@@ -285,8 +287,8 @@ def write_manifest(path: Path, results: Sequence[SlideResult]) -> None:
 
 
 def record_failures(path: Path, results: Sequence[SlideResult]) -> int:
-    """Append the failed slides to the shard's failure log, which outlives the job: its size
-    is the Snakemake parameter that makes the next run retry the shard. Returns how many."""
+    """Append the failed slides to the shard's failure log, which outlives the job: its line
+    count is the Snakemake parameter that makes the next run retry the shard. Returns how many."""
     failed = [result for result in results if result.status is Outcome.FAILED]
     if failed:
         path.parent.mkdir(parents=True, exist_ok=True)

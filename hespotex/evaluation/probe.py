@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hespotex.training.metrics import pearson_per_gene
+from hespotex.metrics import pearson_per_gene
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from conftest import DICOM_FOLDER, SVS
 
 from hespotex.errors import SlideReadError
 from hespotex.io.patches import iter_patch_batches
-from hespotex.io.readers import ReaderProcesses
+from hespotex.io.reading_pool import ReadingPool
 from hespotex.io.slide import open_slide
 
 
@@ -20,25 +20,25 @@ def spot_centres(slide, spacing_px: float = 90.0) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def readers():
-    with ReaderProcesses(workers=2, batch_size=16, patch_px=224) as processes:
+def pool():
+    with ReadingPool(workers=2, batch_size=16, patch_px=224) as processes:
         yield processes
 
 
-def test_processes_read_the_patches_the_threads_read_slide_after_slide(readers, small_pyramids):
+def test_processes_read_the_patches_the_threads_read_slide_after_slide(pool, small_pyramids):
     for path, name in ((SVS, "svs"), (DICOM_FOLDER, "dicom"), (small_pyramids["tagged"], "tif")):
         with open_slide(path, name) as slide:
             plan = slide.plan(112.0, 0.5)
             centres = spot_centres(slide)
             by_threads = np.concatenate(list(iter_patch_batches(slide, centres, plan, 16, 2)))
             by_processes = np.concatenate(
-                [batch.copy() for batch in readers.batches(slide, name, centres, plan, 16, 2048)]
+                [batch.copy() for batch in pool.batches(slide, name, centres, plan, 16, 2048)]
             )
         assert by_processes.shape == (len(centres), 224, 224, 3) and len(centres) > 40
         assert np.array_equal(by_processes, by_threads), name
 
 
-def test_a_damaged_tile_fails_its_slide_and_the_readers_go_on(readers, small_pyramids, tmp_path):
+def test_a_damaged_tile_fails_its_slide_and_the_pool_goes_on(pool, small_pyramids, tmp_path):
     import tifffile
 
     damaged = tmp_path / "damaged.tif"
@@ -55,16 +55,16 @@ def test_a_damaged_tile_fails_its_slide_and_the_readers_go_on(readers, small_pyr
         plan = slide.plan(112.0, 0.5)
         message = rf"damaged\.tif: cannot decode tile 0 of level {level}"
         with pytest.raises(SlideReadError, match=message):
-            for _ in readers.batches(slide, "damaged", spot_centres(slide), plan, 16, 2048):
+            for _ in pool.batches(slide, "damaged", spot_centres(slide), plan, 16, 2048):
                 pass
     with open_slide(SVS, "svs") as slide:
         plan = slide.plan(112.0, 0.5)
-        batches = list(readers.batches(slide, "svs", spot_centres(slide)[:20], plan, 16, 2048))
+        batches = list(pool.batches(slide, "svs", spot_centres(slide)[:20], plan, 16, 2048))
     assert [len(batch) for batch in batches] == [16, 4]
 
 
-def test_dead_readers_are_noticed_instead_of_waited_for(small_pyramids):
-    with ReaderProcesses(workers=1, batch_size=8, patch_px=224) as lonely:
+def test_dead_pool_processes_are_noticed_instead_of_waited_for(small_pyramids):
+    with ReadingPool(workers=1, batch_size=8, patch_px=224) as lonely:
         for process in lonely._processes:
             process.kill()
             process.join()
@@ -74,11 +74,11 @@ def test_dead_readers_are_noticed_instead_of_waited_for(small_pyramids):
                 list(lonely.batches(slide, "tif", spot_centres(slide)[:8], plan, 8, 2048))
 
 
-def test_reader_processes_map_the_stain_as_the_threads_do(readers, he_tile):
-    """A stain transform travels to the reader processes with each batch (pickled) and maps
+def test_pool_processes_map_the_stain_as_the_threads_do(pool, he_tile):
+    """A stain transform travels to the pool's processes with each batch (pickled) and maps
     the patches there, to the same pixels as in the reading threads."""
     from hespotex.config import StainNormalisation
-    from hespotex.model.stain import StainTransform, fit_profile
+    from hespotex.encoder.stain import StainTransform, fit_profile
 
     with open_slide(SVS, "svs") as slide:
         plan = slide.plan(112.0, 0.5)
@@ -90,7 +90,7 @@ def test_reader_processes_map_the_stain_as_the_threads_do(readers, he_tile):
             list(iter_patch_batches(slide, centres, plan, 16, 2, transform=stain))
         )
         by_processes = np.concatenate(
-            [b.copy() for b in readers.batches(slide, "svs", centres, plan, 16, 2048, stain)]
+            [b.copy() for b in pool.batches(slide, "svs", centres, plan, 16, 2048, stain)]
         )
         plain = np.concatenate(list(iter_patch_batches(slide, centres, plan, 16, 2)))
     assert not np.array_equal(by_threads, plain), "the stain was mapped"

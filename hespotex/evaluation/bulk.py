@@ -18,7 +18,7 @@ from scipy.stats import rankdata
 from hespotex.errors import InputDataError
 from hespotex.io.atomic import write_json, write_tsv
 from hespotex.io.figures import plt, save_figure
-from hespotex.training.metrics import pearson_per_gene
+from hespotex.metrics import pearson_per_gene
 
 MIN_SAMPLES = 3
 BEST_GENES_SHOWN = 6

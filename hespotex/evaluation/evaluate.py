@@ -19,16 +19,16 @@ import pandas as pd
 import torch
 
 from hespotex.config import NucleusCounter, PipelineConfig
+from hespotex.encoder.build import load_encoder
+from hespotex.encoder.runners import TorchRunner, pick_device
+from hespotex.encoder.stain import configured_setting
 from hespotex.io.atomic import write_json, write_tsv
-from hespotex.model.checkpoint import CheckpointMeta, check_checkpoint_encoder, load_checkpoint
-from hespotex.model.encoders import load_encoder
-from hespotex.model.runners import TorchRunner, pick_device
-from hespotex.model.spot_graph import knn_edges
-from hespotex.model.stain import configured_setting
-from hespotex.model.streams import ImageStream, nucleus_scale
+from hespotex.io.sections import SectionSource
+from hespotex.metrics import mse_per_gene, pearson_per_gene, ssim_per_gene
+from hespotex.network.checkpoint import CheckpointMeta, check_checkpoint_encoder, load_checkpoint
+from hespotex.network.spot_graph import knn_edges
+from hespotex.network.streams import ImageStream, nucleus_scale
 from hespotex.training.data import EncodedSection, encode_sections, load_sections
-from hespotex.training.metrics import mse_per_gene, pearson_per_gene, ssim_per_gene
-from hespotex.training.sections import SectionSource
 
 logger = logging.getLogger(__name__)
 
