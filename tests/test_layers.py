@@ -1,8 +1,8 @@
 """The package's layers, checked on its source: no import goes upward, and none goes round.
 
 Layers, bottom to top: the root modules (errors, units, encoder_specs, config, paths,
-stage_table, metrics), io, encoder, network, stages, outputs, pipeline, training, evaluation,
-demo, cli. A module may import its own layer and those below it;
+stage_table, metrics), io, encoder, network, stages, outputs, viewer, pipeline, training,
+evaluation, demo, cli. A module may import its own layer and those below it;
 lazy imports inside functions count too, since they run all the same.
 """
 
@@ -24,6 +24,7 @@ LAYERS = (
     "network",
     "stages",
     "outputs",
+    "viewer",
     "pipeline",
     "training",
     "evaluation",
@@ -66,7 +67,7 @@ def test_the_layer_map_knows_every_module():
     assert "hespotex.stages.features" in MODULES and "hespotex.cli.main" in MODULES
     assert layer("hespotex.config") == 0 and layer("hespotex") == 0
     assert layer("hespotex.io") == 1 and layer("hespotex.cli.main") == len(LAYERS) - 1
-    assert layer("hespotex.stage_table") == 0 and layer("hespotex.pipeline.engine") == 6
+    assert layer("hespotex.stage_table") == 0 and layer("hespotex.pipeline.engine") == 7
     unknown = [
         name for name in MODULES if name.count(".") >= 2 and name.split(".")[1] not in LAYERS
     ]

@@ -180,6 +180,20 @@ def _add_scoring(subparsers, name: str, handler, help_text: str) -> argparse.Arg
     return parser
 
 
+def cmd_view(args: argparse.Namespace) -> None:
+    from hespotex.viewer.server import serve
+
+    server = serve(_config(args), args.host, args.port, args.assets)
+    host, port = server.server_address[:2]
+    logger.info("the results are at http://%s:%d/ (Ctrl+C stops the viewer)", host, port)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        logger.info("viewer stopped")
+    finally:
+        server.server_close()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hespotex", description="Spot-level gene expression from H&E whole-slide images."
@@ -253,6 +267,20 @@ def build_parser() -> argparse.ArgumentParser:
     check = subparsers.add_parser("check", help="validate config, sheet, weights, checkpoint")
     check.add_argument("--config", type=Path, required=True)
     check.set_defaults(handler=cmd_check)
+
+    view = subparsers.add_parser(
+        "view", help="look at the results in a browser: the cohort, each slide's maps"
+    )
+    view.add_argument("--config", type=Path, required=True, help="pipeline config YAML")
+    view.add_argument("--host", default="127.0.0.1", help="address to bind (this machine only)")
+    view.add_argument("--port", type=int, default=8765, help="port (0: any free one)")
+    view.add_argument(
+        "--assets",
+        type=Path,
+        help="folder holding OpenSeadragon's node_modules "
+        "(default: the checkout's envs/viewer-assets, `make viewer-assets`)",
+    )
+    view.set_defaults(handler=cmd_view)
 
     demo = subparsers.add_parser("demo-data", help="build the demo slides and training data")
     demo.add_argument("--out", type=Path, default=Path("demo"))
