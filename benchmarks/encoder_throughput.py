@@ -113,7 +113,7 @@ def measure(name: str, args, batches: list[np.ndarray], device) -> list[tuple]:
 
 
 def main() -> None:
-    from hespotex.encoder.runners import pick_device
+    from hespotex.encoder.devices import pick_device
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/hespotex-encoder"))

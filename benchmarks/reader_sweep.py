@@ -39,7 +39,8 @@ def hespotex_api():
     package had layers (hespotex.patches, hespotex.slide, ...), so older revisions run too."""
     try:
         from hespotex.encoder.build import load_encoder
-        from hespotex.encoder.runners import TorchRunner, pick_device
+        from hespotex.encoder.devices import pick_device
+        from hespotex.encoder.runners import TorchRunner
         from hespotex.io.patches import iter_patch_batches
         from hespotex.io.slide import open_slide
     except ImportError:

@@ -44,7 +44,8 @@ from PIL import Image
 
 from hespotex.config import StainNormalisation, load_config
 from hespotex.encoder.build import load_encoder
-from hespotex.encoder.runners import TorchRunner, pick_device
+from hespotex.encoder.devices import pick_device
+from hespotex.encoder.runners import TorchRunner
 from hespotex.encoder.stain import StainTransform, fit_profile
 from hespotex.evaluation.crossval import fold_plan
 from hespotex.evaluation.evaluate import evaluate_encoded, summarise

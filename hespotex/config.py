@@ -554,6 +554,26 @@ class ClusterConfig(_Section):
     )
 
 
+class RemoteConfig(_Section):
+    """Slides whose sheet path is ``s3://``, ``gs://`` or ``https://``: each is fetched into
+    a scratch folder by the job that reads it and removed once the job is done with it."""
+
+    scratch: Path | None = Field(
+        None,
+        description="node-local folder for fetched slides (default: $TMPDIR, else /tmp); it "
+        "holds the slide one job is reading, one at a time",
+    )
+    anonymous: Literal["auto", "yes", "no"] = Field(
+        "auto",
+        description="S3 without credentials: yes (public buckets such as IDC's), no (the "
+        "usual AWS environment: variables, ~/.aws), auto (no when AWS credentials are set)",
+    )
+    endpoint_url: str | None = Field(
+        None, description="an S3-compatible server instead of AWS (e.g. http://minio:9000)"
+    )
+    retries: int = Field(3, ge=0, le=10, description="tries again after a transient error")
+
+
 class SlidesPerJob(_Section):
     """How many slides one workflow job runs, one after another in one process (a SLURM job
     asks for one slide's CPUs and memory and the sum of their run times)."""
@@ -586,6 +606,7 @@ class PipelineConfig(_Section):
     outputs: OutputsConfig = OutputsConfig()
     cluster: ClusterConfig = ClusterConfig()
     slides_per_job: SlidesPerJob = SlidesPerJob()
+    remote: RemoteConfig = RemoteConfig()
 
     @model_validator(mode="after")
     def _patch_fits_the_encoder(self) -> PipelineConfig:
@@ -627,21 +648,49 @@ def load_config(path: Path) -> PipelineConfig:
     return parse_config(data, str(path))
 
 
+# A sheet path with one of these schemes is fetched before it is read (``io.remote``).
+REMOTE_SCHEMES = ("s3", "gs", "http", "https")
+
+
 class SampleRow(BaseModel):
-    """One row of the sample sheet."""
+    """One row of the sample sheet: the slide, its resolution where the file lacks it, what
+    a download of it must match, and the ids a cohort joins on (carried, not used)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     slide_id: Annotated[str, Field(pattern=SLIDE_ID_PATTERN)]
     path: Annotated[str, Field(min_length=1)]
     mpp: Annotated[float | None, Field(gt=0, le=MPP_MAX)] = None
+    size_bytes: Annotated[int | None, Field(ge=1)] = None
+    md5: Annotated[str | None, Field(pattern=r"^[0-9a-f]{32}$")] = None
+    patient_id: str | None = None
+    sample_barcode: str | None = None
+    collection: str | None = None
+    source_id: str | None = None
+
+    @property
+    def is_remote(self) -> bool:
+        return self.path.split("://", 1)[0].lower() in REMOTE_SCHEMES and "://" in self.path
 
     @property
     def slide_path(self) -> Path:
+        """The local file; a remote slide has none until it is fetched."""
+        if self.is_remote:
+            raise ValueError(f"{self.path} is remote: fetch it first (hespotex.io.remote)")
         return Path(self.path)
 
 
-SAMPLE_COLUMNS = ("slide_id", "path", "mpp")
+SAMPLE_COLUMNS = (
+    "slide_id",
+    "path",
+    "mpp",
+    "size_bytes",
+    "md5",
+    "patient_id",
+    "sample_barcode",
+    "collection",
+    "source_id",
+)
 
 
 def read_sample_sheet(path: Path) -> dict[str, SampleRow]:
@@ -657,16 +706,15 @@ def read_sample_sheet(path: Path) -> dict[str, SampleRow]:
     if missing:
         raise ConfigError(
             f"{path}: the sample sheet lacks column(s) {', '.join(missing)}; "
-            f"expected tab-separated columns {', '.join(SAMPLE_COLUMNS)} (mpp optional)"
+            f"expected tab-separated columns {', '.join(SAMPLE_COLUMNS)} (all but the first "
+            "two optional)"
         )
     unknown = [column for column in table.columns if column not in SAMPLE_COLUMNS]
     if unknown:
         raise ConfigError(f"{path}: unknown column(s) {', '.join(unknown)}")
     rows: dict[str, SampleRow] = {}
     for line_number, record in enumerate(table.to_dict("records"), start=2):
-        values = {key: value.strip() for key, value in record.items()}
-        if not values.get("mpp"):
-            values.pop("mpp", None)
+        values = {key: value.strip() for key, value in record.items() if value.strip()}
         try:
             row = SampleRow.model_validate(values)
         except ValidationError as error:

@@ -103,12 +103,25 @@ def test_column_correlations_match_scipy_on_ties_and_constants():
     assert column_spearman(gappy, b)[1] == pytest.approx(spearmanr(a[:, 1], b[:, 1]).statistic)
 
 
+def test_tcga_slides_meet_their_samples_by_barcode_without_a_map(cohort, tmp_path):
+    paths, _, _ = cohort
+    by_map = run_evaluate_bulk(paths["pseudobulk"], paths["bulk"], tmp_path / "map", paths["map"])
+    by_barcode = run_evaluate_bulk(paths["pseudobulk"], paths["bulk"], tmp_path / "barcode")
+    assert by_map["matched_by"] == "the slide map"
+    assert by_barcode["matched_by"].startswith("TCGA barcode")
+    assert by_barcode["slides_matched"] == 13 and by_barcode["samples"] == 12
+    for key in ("gene_pearson_mean", "gene_spearman_mean", "sample_pearson_mean"):
+        assert by_barcode[key] == by_map[key]
+
+
 def test_unmatched_or_bad_tables_fail_naming_the_file(cohort, tmp_path):
     paths, _, _ = cohort
-    with pytest.raises(InputDataError, match="bulk_tpm.tsv.*only 0 sample"):
-        run_evaluate_bulk(paths["pseudobulk"], paths["bulk"], tmp_path / "out")
-    negative = tmp_path / "logged.tsv"
     table = pd.read_csv(paths["bulk"], sep="\t", index_col=0)
+    renamed = tmp_path / "renamed_tpm.tsv"
+    table.set_axis([f"SAMPLE-{index}" for index in range(len(table))]).to_csv(renamed, sep="\t")
+    with pytest.raises(InputDataError, match="renamed_tpm.tsv.*only 0 sample"):
+        run_evaluate_bulk(paths["pseudobulk"], renamed, tmp_path / "out")
+    negative = tmp_path / "logged.tsv"
     (np.log1p(table) - 3.0).to_csv(negative, sep="\t")
     with pytest.raises(InputDataError, match="logged.tsv.*--bulk-is-log"):
         run_evaluate_bulk(paths["pseudobulk"], negative, tmp_path / "out", paths["map"])
@@ -137,4 +150,5 @@ def test_command_line_writes_the_tables(cohort, tmp_path):
         "summary.json",
         "best_genes.png",
     }
-    assert main([*argv[:5], "--out", str(out)]) == 1
+    assert main([*argv[:5], "--out", str(out)]) == 0, "without --map: by TCGA barcode"
+    assert json.loads((out / "summary.json").read_text())["matched_by"].startswith("TCGA")

@@ -198,9 +198,14 @@ def check_hespotex(args: list[str]) -> list[str]:
     sub = words[0]
     if sub not in hespotex_subcommands():
         return [f"`hespotex {sub}`: no such sub-command (hespotex --help lists them)"]
-    known = set(OPTION.findall(help_text("hespotex", sub))) | {"-v", "--verbose"}
+    command = [sub]
+    nested = re.search(r"\{([\w,-]+)\}", help_text("hespotex", sub))
+    if nested and len(words) > 1 and words[1] in nested.group(1).split(","):
+        command.append(words[1])  # `hespotex sheet idc ...`: the nested command's options
+    known = set(OPTION.findall(help_text("hespotex", *command))) | {"-v", "--verbose"}
     problems = [
-        f"`hespotex {sub} {option}`: no such option (hespotex {sub} --help)"
+        f"`hespotex {' '.join(command)} {option}`: no such option "
+        f"(hespotex {' '.join(command)} --help)"
         for option in (arg.split("=")[0] for arg in args if arg.startswith("-"))
         if option not in known
     ]
@@ -358,6 +363,7 @@ def test_right_lines_pass():
         "snakemake --profile workflow/profiles/local --configfile my_config.yaml --cores 2",
         "rm -rf demo && /usr/bin/time -v make demo",
         ".venv/bin/python benchmarks/read_throughput.py --work /tmp/x --side 8192 --ome-zarr",
+        "hespotex sheet idc --collection tcga_brca --kind frozen --out s.tsv",
     )
     assert problems_in(text) == []
 
@@ -376,6 +382,8 @@ def test_right_lines_pass():
         (".venv/bin/python benchmarks/no_such_benchmark.py --work /tmp/x", "does not exist"),
         (".venv/bin/python benchmarks/read_throughput.py --wrok /tmp/x", "no such option"),
         ("hespotexx check --config C", "not a program"),
+        ("hespotex sheet idc --manifest m.txt --out s.tsv", "hespotex sheet idc --manifest"),
+        ("hespotex sheet gdc --root r --out s.tsv", "does not parse"),
     ],
 )
 def test_wrong_lines_are_caught(line, caught):

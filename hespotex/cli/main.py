@@ -180,6 +180,38 @@ def _add_scoring(subparsers, name: str, handler, help_text: str) -> argparse.Arg
     return parser
 
 
+def cmd_sheet(args: argparse.Namespace) -> None:
+    from hespotex.io.cohort_sheets import (
+        gdc_sheet,
+        idc_sheet,
+        idc_sizes_mb,
+        write_cohort_sheet,
+    )
+
+    if args.source == "gdc":
+        sheet = gdc_sheet(args.manifest, args.root)
+        size = sheet["size_bytes"].sum() / 1e12
+        where = args.root or "GDC's data endpoint (fetched as each slide is run)"
+        logger.info("%d slides, %.2f TB, from %s", len(sheet), size, where)
+    else:
+        patients = None
+        if args.patients is not None:
+            patients = [line.strip() for line in args.patients.read_text().splitlines()]
+            patients = [patient for patient in patients if patient]
+        sheet = idc_sheet(args.collection, args.kind, patients)
+        size = idc_sizes_mb(sheet, args.collection).sum() / 1e6
+        logger.info(
+            "%d %s H&E slides of %d patients in %s, %.2f TB in IDC's public bucket",
+            len(sheet),
+            args.kind,
+            sheet["patient_id"].nunique(),
+            ", ".join(args.collection),
+            size,
+        )
+    write_cohort_sheet(sheet, args.out)
+    logger.info("wrote %s", args.out)
+
+
 def cmd_view(args: argparse.Namespace) -> None:
     from hespotex.viewer.server import serve
 
@@ -267,6 +299,23 @@ def build_parser() -> argparse.ArgumentParser:
     check = subparsers.add_parser("check", help="validate config, sheet, weights, checkpoint")
     check.add_argument("--config", type=Path, required=True)
     check.set_defaults(handler=cmd_check)
+
+    sheet = subparsers.add_parser(
+        "sheet", help="a sample sheet of TCGA slides from IDC's index or a GDC manifest"
+    )
+    sources = sheet.add_subparsers(dest="source", required=True)
+    idc = sources.add_parser("idc", help="from IDC's index (installed, offline): DICOM in S3")
+    idc.add_argument("--collection", nargs="+", required=True, help="e.g. tcga_brca tcga_luad")
+    idc.add_argument("--kind", choices=("diagnostic", "frozen", "all"), default="diagnostic")
+    idc.add_argument("--patients", type=Path, help="a file of patient ids, one per line")
+    gdc = sources.add_parser("gdc", help="from a GDC manifest (and gdc-client's download)")
+    gdc.add_argument("--manifest", type=Path, required=True, help="the portal's manifest TSV")
+    gdc.add_argument(
+        "--root", type=Path, help="where gdc-client put the files (default: fetch from GDC)"
+    )
+    for parser_of_source in (idc, gdc):
+        parser_of_source.add_argument("--out", type=Path, required=True, help="sheet to write")
+        parser_of_source.set_defaults(handler=cmd_sheet)
 
     view = subparsers.add_parser(
         "view", help="look at the results in a browser: the cohort, each slide's maps"

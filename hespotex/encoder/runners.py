@@ -19,6 +19,7 @@ import torch
 
 from hespotex.config import FeaturesConfig, PipelineConfig
 from hespotex.encoder.build import ImageEncoder, load_encoder
+from hespotex.encoder.devices import pick_device
 from hespotex.encoder.identity import EncoderIdentity, check_same_encoder, encoder_identity
 from hespotex.errors import ConfigError, EncoderMemoryError, InputDataError
 from hespotex.io.atomic import atomic_path
@@ -153,11 +154,3 @@ def build_runner(config: PipelineConfig) -> TorchRunner | OnnxRunner:
     if features.runtime == "onnx":
         return OnnxRunner(features.onnx_model, encoder_identity(config.encoder), features.device)
     return TorchRunner(load_encoder(config.encoder), pick_device(features.device))
-
-
-def pick_device(preference: str) -> torch.device:
-    if preference == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device: cuda was asked for but no CUDA device is visible")
-    if preference == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(preference)

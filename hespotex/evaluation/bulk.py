@@ -2,13 +2,16 @@
 
 The paper's TCGA check: each slide's mean predicted expression (``pseudobulk.tsv``) against
 the bulk RNA-seq of the same sample. Slides are matched to bulk samples by a slide → sample
-map (TSV ``slide_id``, ``sample_id``), or by identical ids; several slides of one sample are
-averaged. Bulk values given as TPM/FPKM/counts are compared after log1p, like the predicted
-log1p CPM. Per gene: Pearson and Spearman across samples; per sample: both across genes.
+map (TSV ``slide_id``, ``sample_id``); without one, TCGA slides by barcode (a slide's sample is
+its patient and sample type; the bulk's aliquots of a sample are averaged), other ids by
+identity. Several slides of one sample are averaged. Bulk values given as TPM/FPKM/counts are
+compared after log1p, like the predicted log1p CPM. Per gene: Pearson and Spearman across
+samples; per sample: both across genes.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,9 @@ from hespotex.errors import InputDataError
 from hespotex.io.atomic import write_json, write_tsv
 from hespotex.io.figures import plt, save_figure
 from hespotex.metrics import pearson_per_gene
+from hespotex.tcga import sample_of
+
+logger = logging.getLogger(__name__)
 
 MIN_SAMPLES = 3
 BEST_GENES_SHOWN = 6
@@ -77,19 +83,53 @@ def column_spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return result
 
 
+def by_tcga_sample(
+    pseudobulk: pd.DataFrame, bulk: pd.DataFrame
+) -> tuple[dict[str, str], pd.DataFrame] | None:
+    """Slides and bulk rows joined by TCGA barcode (``hespotex.tcga``): each slide to its
+    sample, the bulk's aliquots of one sample averaged. None where no slide id is a TCGA slide's
+    or no bulk id a TCGA sample's."""
+    slide_to_sample = {
+        slide: sample for slide in pseudobulk.index if (sample := sample_of(slide)) is not None
+    }
+    bulk_samples = pd.Series([sample_of(name) for name in bulk.index], index=bulk.index)
+    if not slide_to_sample or bulk_samples.isna().all():
+        return None
+    named = bulk_samples.dropna()
+    return slide_to_sample, bulk.loc[named.index].groupby(named.values).mean()
+
+
 def match_samples(
     pseudobulk: pd.DataFrame,
     bulk: pd.DataFrame,
     slide_to_sample: dict[str, str] | None,
     pseudobulk_path: Path,
     bulk_path: Path,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Predicted and measured tables on the same samples (rows) and genes (columns)."""
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Predicted and measured tables on the same samples (rows) and genes (columns), and how
+    they were matched: by the map where given, else by TCGA barcode where the ids are TCGA's,
+    else by identical ids."""
+    how = "the slide map"
+    if slide_to_sample is None:
+        joined = by_tcga_sample(pseudobulk, bulk)
+        if joined is not None:
+            slide_to_sample, bulk = joined
+            how = "TCGA barcode (slide ...-01Z-00-DX1 → sample ...-01)"
+        else:
+            how = "identical ids"
     samples = pd.Series(
         [(slide_to_sample or {}).get(slide, slide) for slide in pseudobulk.index],
         index=pseudobulk.index,
     )
     matched = samples[samples.isin(bulk.index)]
+    logger.info(
+        "%d of %d slides matched %d of %d bulk samples, by %s",
+        len(matched),
+        len(samples),
+        matched.nunique(),
+        len(bulk),
+        how,
+    )
     if len(set(matched)) < MIN_SAMPLES:
         raise InputDataError(
             bulk_path,
@@ -101,7 +141,13 @@ def match_samples(
         raise InputDataError(bulk_path, f"no gene in common with {pseudobulk_path}")
     predicted = pseudobulk.loc[matched.index, genes].groupby(matched.values).mean()
     measured = bulk.loc[predicted.index, genes]
-    return predicted, measured
+    matching = {
+        "matched_by": how,
+        "slides": len(samples),
+        "slides_matched": len(matched),
+        "bulk_samples": len(bulk),
+    }
+    return predicted, measured, matching
 
 
 def evaluate_bulk(
@@ -177,11 +223,13 @@ def run_evaluate_bulk(
             )
         bulk = np.log1p(bulk)
     slide_to_sample = read_slide_map(map_path) if map_path else None
-    predicted, measured = match_samples(
+    predicted, measured, matching = match_samples(
         pseudobulk, bulk, slide_to_sample, Path(pseudobulk_path), Path(bulk_path)
     )
     genes, samples, summary = evaluate_bulk(predicted, measured)
-    summary.update(pseudobulk=str(pseudobulk_path), bulk=str(bulk_path), bulk_log1p=not bulk_is_log)
+    summary.update(
+        pseudobulk=str(pseudobulk_path), bulk=str(bulk_path), bulk_log1p=not bulk_is_log, **matching
+    )
     out_dir = Path(out_dir)
     write_tsv(out_dir / "genes.tsv", genes)
     write_tsv(out_dir / "samples.tsv", samples)

@@ -25,8 +25,9 @@ import pandas as pd
 
 from hespotex.config import LibrarySize, PipelineConfig
 from hespotex.encoder.build import load_encoder
+from hespotex.encoder.devices import pick_device
 from hespotex.encoder.identity import EncoderIdentity, check_same_encoder
-from hespotex.encoder.runners import TorchRunner, pick_device
+from hespotex.encoder.runners import TorchRunner
 from hespotex.errors import InputDataError
 from hespotex.evaluation.evaluate import TOP_GENES, evaluate_encoded, score_genes, summarise
 from hespotex.evaluation.probe import fit_ridge_probe

@@ -20,7 +20,8 @@ import torch
 
 from hespotex.config import NucleusCounter, PipelineConfig
 from hespotex.encoder.build import load_encoder
-from hespotex.encoder.runners import TorchRunner, pick_device
+from hespotex.encoder.devices import pick_device
+from hespotex.encoder.runners import TorchRunner
 from hespotex.encoder.stain import configured_setting
 from hespotex.io.atomic import write_json, write_tsv
 from hespotex.io.sections import SectionSource

@@ -11,8 +11,12 @@ is not redone, so a rerun after a crash, a kill or a failed slide does only what
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -115,9 +119,17 @@ class SharedWork:
         return round(seconds, 3)
 
 
+def scratch_folder(config: PipelineConfig) -> Path:
+    """Where this process fetches remote slides: its own folder in ``remote.scratch`` (default
+    $TMPDIR, node-local on most clusters)."""
+    root = config.remote.scratch or Path(tempfile.gettempdir())
+    return Path(root) / f"hespotex-{os.getpid()}"
+
+
 class SlideTask:
     """One slide's stages in this job: its sample row and its slide, opened once on first use
-    and closed when the slide is done."""
+    and closed when the slide is done. A remote slide is fetched into the scratch folder when
+    first opened and removed when closed, so a job holds one fetched slide at a time."""
 
     def __init__(self, sample: SampleRow, config: PipelineConfig, shared: SharedWork):
         self.sample = sample
@@ -125,16 +137,36 @@ class SlideTask:
         self.config = config
         self.shared = shared
         self._slide: Slide | None = None
+        self._fetched: Path | None = None
+
+    def _local_path(self) -> Path:
+        if not self.sample.is_remote:
+            return self.sample.slide_path
+        from hespotex.io.remote import fetch_slide
+
+        self._fetched = scratch_folder(self.config) / self.slide_id
+        return fetch_slide(
+            self.sample.path,
+            self._fetched,
+            self.config.remote,
+            self.sample.size_bytes,
+            self.sample.md5,
+        )
 
     def slide(self) -> Slide:
         if self._slide is None:
-            self._slide = open_slide(self.sample.slide_path, self.slide_id, self.sample.mpp)
+            self._slide = open_slide(self._local_path(), self.slide_id, self.sample.mpp)
         return self._slide
 
     def close(self) -> None:
         if self._slide is not None:
             self._slide.close()
             self._slide = None
+        if self._fetched is not None:
+            shutil.rmtree(self._fetched, ignore_errors=True)
+            with contextlib.suppress(OSError):  # other slides of the job may still be there
+                self._fetched.parent.rmdir()
+            self._fetched = None
 
 
 def _tissue(task: SlideTask) -> None:
@@ -202,7 +234,10 @@ def is_current(task: SlideTask, stage: str) -> bool:
     if made is None:
         return False
     index = STAGES.index(stage)
-    inputs = [paths.stage_record(STAGES[index - 1]) if index else task.sample.slide_path]
+    if index:
+        inputs = [paths.stage_record(STAGES[index - 1])]
+    else:  # a remote slide's first stage is redone only when its record is missing
+        inputs = [] if task.sample.is_remote else [task.sample.slide_path]
     if stage == "decode" and task.config.decode.checkpoint is not None:
         inputs.append(Path(task.config.decode.checkpoint))
     for path in inputs:

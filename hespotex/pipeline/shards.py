@@ -17,7 +17,8 @@ from hespotex.config import SAMPLE_COLUMNS, SampleRow, SlidesPerJob
 from hespotex.paths import RunPaths
 from hespotex.stage_table import JOBS
 
-SAMPLE_SHEET_HEADER = "\t".join(SAMPLE_COLUMNS)
+# Written whatever the rows hold, so an older run's shard sheets stay unchanged.
+REQUIRED_COLUMNS = ("slide_id", "path", "mpp")
 
 
 def shard_id(index: int) -> str:
@@ -56,11 +57,15 @@ class ShardPlan:
 
 
 def sheet_text(samples: list[SampleRow]) -> str:
-    rows = [
-        f"{sample.slide_id}\t{sample.path}\t{'' if sample.mpp is None else sample.mpp}"
-        for sample in samples
+    """The rows as a sample sheet: slide_id, path, mpp, and the other columns any row fills."""
+    values = [sample.model_dump() for sample in samples]
+    columns = [
+        column
+        for column in SAMPLE_COLUMNS
+        if column in REQUIRED_COLUMNS or any(row[column] is not None for row in values)
     ]
-    return "\n".join([SAMPLE_SHEET_HEADER, *rows]) + "\n"
+    rows = ["\t".join("" if row[c] is None else str(row[c]) for c in columns) for row in values]
+    return "\n".join(["\t".join(columns), *rows]) + "\n"
 
 
 def write_shard_sheets(

@@ -25,8 +25,8 @@ import torch
 
 from hespotex import __version__
 from hespotex.config import NucleusCounter, PipelineConfig
+from hespotex.encoder.devices import pick_device
 from hespotex.encoder.identity import EncoderIdentity
-from hespotex.encoder.runners import pick_device
 from hespotex.encoder.stain import StainSetting
 from hespotex.errors import ConfigError, InputDataError
 from hespotex.io.atomic import atomic_path, read_png

@@ -30,8 +30,9 @@ from tqdm import tqdm
 
 from hespotex.config import PipelineConfig, TrainingConfig
 from hespotex.encoder.build import load_encoder
+from hespotex.encoder.devices import pick_device
 from hespotex.encoder.identity import EncoderIdentity
-from hespotex.encoder.runners import TorchRunner, pick_device
+from hespotex.encoder.runners import TorchRunner
 from hespotex.encoder.stain import StainSetting
 from hespotex.errors import InputDataError
 from hespotex.io.sections import SectionSource

@@ -219,6 +219,10 @@ class Results:
 
     def tiles(self, slide_id: str) -> TileSource:
         sample = self._sample(slide_id)
+        if sample.is_remote:
+            raise UnknownError(
+                f"{slide_id} is remote ({sample.path}): the viewer zooms local slides"
+            )
         with self._lock:
             if slide_id in self._tiles:
                 self._tiles.move_to_end(slide_id)

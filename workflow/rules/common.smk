@@ -83,9 +83,11 @@ def upstream_manifests(job):
 
 
 def shard_slide_files(wildcards):
-    """The shard's slide files that exist: a replaced slide makes its shard rerun; a missing
-    one fails its own tissue stage, naming it, instead of stopping the cohort at DAG time."""
-    paths = (SAMPLES[slide_id].slide_path for slide_id in PLAN.slides("prepare", wildcards.shard))
+    """The shard's local slide files that exist: a replaced slide makes its shard rerun; a
+    missing one fails its own tissue stage, naming it, instead of stopping the cohort at DAG
+    time. Remote slides are fetched by the jobs themselves (hespotex.io.remote)."""
+    samples = (SAMPLES[slide_id] for slide_id in PLAN.slides("prepare", wildcards.shard))
+    paths = (sample.slide_path for sample in samples if not sample.is_remote)
     return [str(path) for path in paths if path.exists()]
 
 

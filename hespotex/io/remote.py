@@ -1,0 +1,164 @@
+"""Slides that live in object storage or behind HTTPS, fetched into a scratch folder before
+they are read.
+
+A sheet path ``s3://bucket/key.svs``, ``gs://...`` or ``https://...`` names one file; one
+ending in ``/`` (or an S3 prefix holding several files, as IDC keeps a DICOM series under
+``s3://idc-open-data/<series uuid>/``) names a folder, fetched whole. fsspec does the transfer
+(s3fs for S3, its HTTP file system for HTTPS; gcsfs for GCS where installed). Each file is
+written as ``.part`` and renamed only once its size matches the server's (and the sheet's
+``size_bytes`` and ``md5``, or S3's ETag where it is an MD5), so a partial download is never
+read. Transient errors are retried; a file that is not there fails at once. Every failure is a
+``SlideOpenError`` naming the URL and the cause, so the slide fails alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+from hespotex.config import RemoteConfig
+from hespotex.errors import SlideOpenError
+
+logger = logging.getLogger(__name__)
+
+MD5_CHUNK_BYTES = 8 << 20
+FIRST_RETRY_SECONDS = 1.0
+AWS_CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE")
+
+
+def _has_aws_credentials() -> bool:
+    if any(os.environ.get(name) for name in AWS_CREDENTIAL_VARIABLES):
+        return True
+    return (Path.home() / ".aws" / "credentials").is_file()
+
+
+def storage_options(url: str, config: RemoteConfig) -> dict:
+    """fsspec's options for ``url``: S3 anonymously for public buckets, else with the usual
+    AWS credentials; the configured S3 endpoint."""
+    if not url.startswith("s3://"):
+        return {}
+    anonymous = config.anonymous == "yes" or (
+        config.anonymous == "auto" and not _has_aws_credentials()
+    )
+    options: dict = {"anon": anonymous}
+    if config.endpoint_url:
+        options["client_kwargs"] = {"endpoint_url": config.endpoint_url}
+    return options
+
+
+def _file_system(url: str, config: RemoteConfig):
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(url, **storage_options(url, config))
+    except (ImportError, ValueError) as error:
+        raise SlideOpenError(url, f"cannot reach it: {error}") from None
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as handle:
+        while chunk := handle.read(MD5_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _s3_etag_md5(info: dict) -> str | None:
+    """S3's ETag where it is the object's MD5 (single-part uploads: no '-')."""
+    etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
+    return etag if len(etag) == 32 and "-" not in etag else None
+
+
+def _retrying(url: str, retries: int, action, what: str):
+    """``action()``, tried again after a transient error, up to ``retries`` more times with
+    doubling waits; a missing file or a refusal is not retried."""
+    wait = FIRST_RETRY_SECONDS
+    for attempt in itertools.count():
+        try:
+            return action()
+        except (FileNotFoundError, PermissionError):
+            raise
+        except Exception as error:  # the transports raise their own kinds; all are retried
+            if attempt >= retries:
+                raise SlideOpenError(
+                    url, f"{what} failed after {attempt + 1} tries: {error}"
+                ) from None
+            logger.warning("%s: %s failed (%s); trying again in %.0f s", url, what, error, wait)
+            time.sleep(wait)
+            wait *= 2
+
+
+def _fetch_file(fs, remote: str, url: str, local: Path, config: RemoteConfig) -> dict:
+    """``remote`` into ``local`` through a ``.part`` file, its size checked; the server's
+    info about it."""
+    info = _retrying(url, config.retries, lambda: fs.info(remote), "asking its size")
+    partial = local.with_name(local.name + ".part")
+    local.parent.mkdir(parents=True, exist_ok=True)
+    _retrying(url, config.retries, lambda: fs.get_file(remote, str(partial)), "the download")
+    size = partial.stat().st_size
+    expected = info.get("size")
+    if expected is not None and size != expected:
+        partial.unlink(missing_ok=True)
+        raise SlideOpenError(url, f"the download has {size:,} bytes, the server said {expected:,}")
+    partial.rename(local)
+    return info
+
+
+def fetch_slide(
+    url: str,
+    destination: Path,
+    config: RemoteConfig,
+    size_bytes: int | None = None,
+    md5: str | None = None,
+) -> Path:
+    """The slide at ``url`` fetched into the folder ``destination`` (emptied first): the
+    local path to open — the file, or the folder of a multi-file slide."""
+    fs, root = _file_system(url, config)
+    shutil.rmtree(destination, ignore_errors=True)
+    destination.mkdir(parents=True)
+    started = time.perf_counter()
+    try:
+        # Over HTTP a folder is only ever named as one: asking would download the file.
+        is_folder = url.endswith("/") or (
+            not url.startswith(("http://", "https://"))
+            and _retrying(url, config.retries, lambda: fs.isdir(root), "looking it up")
+        )
+        if is_folder:
+            files = sorted(_retrying(url, config.retries, lambda: fs.find(root), "listing it"))
+            if not files:
+                raise FileNotFoundError(root)
+            prefix = root.rstrip("/") + "/"
+            for remote in files:
+                _fetch_file(fs, remote, url, destination / remote[len(prefix) :], config)
+            local = destination
+            fetched = sum(path.stat().st_size for path in destination.rglob("*") if path.is_file())
+        else:
+            local = destination / Path(root.split("?")[0]).name
+            info = _fetch_file(fs, root, url, local, config)
+            fetched = local.stat().st_size
+            if md5 is None:
+                md5_expected, source = _s3_etag_md5(info), "S3's ETag"
+            else:
+                md5_expected, source = md5, "the sheet's md5"
+            if md5_expected is not None and _md5(local) != md5_expected:
+                raise SlideOpenError(url, f"the download's MD5 differs from {source}")
+    except FileNotFoundError:
+        raise SlideOpenError(url, "the file does not exist (nothing at that URL)") from None
+    except PermissionError as error:
+        raise SlideOpenError(url, f"access refused: {error}") from None
+    except SlideOpenError:
+        shutil.rmtree(destination, ignore_errors=True)
+        raise
+    if size_bytes is not None and fetched != size_bytes:
+        shutil.rmtree(destination, ignore_errors=True)
+        raise SlideOpenError(
+            url, f"the download has {fetched:,} bytes, the sheet's size_bytes says {size_bytes:,}"
+        )
+    seconds = time.perf_counter() - started
+    logger.info("fetched %s: %.1f MB in %.1f s", url, fetched / 1e6, seconds)
+    return local
