@@ -5,7 +5,8 @@
 #                   snakemake --lint (in the tests) and pytest, listing the 20 slowest tests
 # While working:
 #   make test-fast  build .venv if missing, then ruff and pytest without the tests that run the
-#                   real workflow (marker e2e) or need a SLURM cluster (marker slurm)
+#                   real workflow (marker e2e), need a SLURM cluster (slurm) or train for long
+#                   (slow)
 # `make viewers` builds .venv-viewers alone: squidpy and spatialdata, which cannot share .venv.
 # `make viewer-assets` installs OpenSeadragon (npm registry, envs/viewer-assets/package-lock.json)
 # for `hespotex view`.
@@ -62,4 +63,4 @@ test: $(VENV)/installed.stamp $(VIEWERS_VENV)/installed.stamp $(VIEWER_ASSETS)/i
 test-fast: $(VENV)/installed.stamp
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest -m "not e2e and not slurm" --durations=20
+	$(BIN)/pytest -m "not e2e and not slurm and not slow" --durations=20

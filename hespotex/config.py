@@ -7,6 +7,7 @@ the only validators: the Snakefile calls them too, before any job starts.
 
 from __future__ import annotations
 
+import io
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -697,10 +698,25 @@ def read_sample_sheet(path: Path) -> dict[str, SampleRow]:
     """Read and validate the sample sheet: unique safe ids, a path per row, sane mpp."""
     path = Path(path)
     try:
-        table = pd.read_csv(path, sep="\t", dtype=str, comment="#", keep_default_na=False)
+        lines = path.read_text().splitlines()
     except FileNotFoundError:
         raise ConfigError(f"{path}: the sample sheet does not exist") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: not a readable tab-separated sample sheet: {error}") from None
+    # Comment lines start with '#'; a '#' inside a path or URL is part of it.
+    numbered = [
+        (number, line)
+        for number, line in enumerate(lines, start=1)
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    try:
+        table = pd.read_csv(
+            io.StringIO("\n".join(line for _, line in numbered)),
+            sep="\t",
+            dtype=str,
+            keep_default_na=False,
+        )
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
         raise ConfigError(f"{path}: not a readable tab-separated sample sheet: {error}") from None
     missing = [column for column in ("slide_id", "path") if column not in table.columns]
     if missing:
@@ -713,7 +729,7 @@ def read_sample_sheet(path: Path) -> dict[str, SampleRow]:
     if unknown:
         raise ConfigError(f"{path}: unknown column(s) {', '.join(unknown)}")
     rows: dict[str, SampleRow] = {}
-    for line_number, record in enumerate(table.to_dict("records"), start=2):
+    for (line_number, _), record in zip(numbered[1:], table.to_dict("records"), strict=True):
         values = {key: value.strip() for key, value in record.items() if value.strip()}
         try:
             row = SampleRow.model_validate(values)

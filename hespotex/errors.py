@@ -4,6 +4,8 @@ A per-slide error fails that slide's job only; Snakemake's ``--keep-going`` lets
 the cohort finish. The command line turns these into one clear log line and exit status 1.
 """
 
+from __future__ import annotations
+
 from pathlib import Path
 
 
@@ -26,6 +28,13 @@ class SlideError(HespotexError):
         self.path = Path(path)
         self.cause = cause
         super().__init__(f"{path}: {cause}")
+
+    def about(self, source: str) -> SlideError:
+        """The same error naming ``source`` (a slide's URL) instead of the file read."""
+        renamed = type(self).__new__(type(self))  # not __init__: the subclasses' differ
+        renamed.__dict__.update(self.__dict__)
+        renamed.args = (f"{source}: {self.cause}",)
+        return renamed
 
 
 class SlideOpenError(SlideError):

@@ -15,7 +15,8 @@ import re
 
 PATIENT = r"TCGA-[A-Z0-9]{2}-[A-Z0-9]{4}"
 SLIDE_BARCODE = re.compile(rf"^({PATIENT})-(\d{{2}})[A-Z]-\d{{2}}-([A-Z]{{2}}[0-9A-Z]*)\b")
-IDC_SLIDE_ID = re.compile(rf"^({PATIENT})-([A-Z]{{2}})-([A-Z]{{2}}[0-9A-Z]*)$")
+# A second series of the same description gets "-2", "-3" in the sheet.
+IDC_SLIDE_ID = re.compile(rf"^({PATIENT})-([A-Z]{{2}})-([A-Z]{{2}}[0-9A-Z]*)(?:-\d+)?$")
 ALIQUOT_OR_SAMPLE = re.compile(rf"^({PATIENT})-(\d{{2}})(?:[A-Z](?:-.*)?)?$")
 # TCGA's tissue codes in slide descriptions and their sample type.
 SAMPLE_TYPE_OF_CODE = {"TP": "01", "TR": "02", "TB": "03", "TM": "06", "NT": "11"}

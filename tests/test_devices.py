@@ -68,12 +68,28 @@ def test_the_device_is_the_claimed_gpu_where_several_are_visible(tmp_path, monke
     monkeypatch.setattr(devices, "_CLAIMED", [])
     (other,) = claimers(tmp_path, 4, 1, 10.0)
     taken = int(other.stdout.readline())
-    device = pick_device("auto")
+    device = pick_device("auto", claim=True)
     assert device.type == "cuda" and device.index != taken
-    assert pick_device("cuda") == device, "one claim per process"
+    assert pick_device("cuda", claim=True) == device, "one claim per process"
+    assert pick_device("auto") == torch.device("cuda"), "decoding claims nothing"
     assert pick_device("cpu") == torch.device("cpu")
     other.kill()
     other.wait()
+
+
+def test_a_lock_folder_of_someone_else_or_a_planted_link_is_refused(tmp_path):
+    folder = tmp_path / "claims"
+    folder.mkdir()
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    (folder / "gpu-0.lock").symlink_to(target)
+    with pytest.raises(OSError):
+        claim_slot(1, folder)
+    assert target.read_text() == "keep me"
+    link = tmp_path / "link-to-claims"
+    link.symlink_to(folder)
+    with pytest.raises(ConfigError, match="not a folder of this user's"):
+        claim_slot(1, link)
 
 
 def test_one_visible_gpu_is_simply_cuda_and_none_is_the_cpu(monkeypatch):

@@ -21,7 +21,8 @@ import pytest
 from conftest import DICOM_FOLDER, SVS, write_config
 
 from hespotex.config import RemoteConfig, parse_config, read_sample_sheet
-from hespotex.errors import SlideOpenError
+from hespotex.errors import ConfigError, SlideOpenError
+from hespotex.io.records import TissueRecord
 from hespotex.io.remote import fetch_slide
 from hespotex.io.slide import open_slide
 from hespotex.paths import CohortPaths, SlidePaths
@@ -83,8 +84,17 @@ class GdcLikeHandler(http.server.SimpleHTTPRequestHandler):
     def translate_path(self, path: str) -> str:
         return str(SVS) if path == f"/data/{GDC_UUID}" else "/nonexistent"
 
+    def do_HEAD(self) -> None:
+        if self.path == "/data/overloaded":
+            self.send_error(503, "Service Unavailable")
+            return
+        super().do_HEAD()
+
     def do_GET(self) -> None:
         HTTP_GETS[self.path] += 1
+        if self.path == "/data/overloaded":
+            self.send_error(503, "Service Unavailable")
+            return
         super().do_GET()
 
     def log_message(self, *args) -> None:
@@ -167,6 +177,25 @@ def test_a_refused_connection_is_retried_then_fails_naming_the_url(tmp_path, cap
     assert "trying again" in caplog.text
 
 
+def test_a_server_error_over_https_is_retried_not_taken_for_a_missing_file(
+    http_endpoint, tmp_path, caplog
+):
+    url = f"{http_endpoint}/data/overloaded"
+    with pytest.raises(SlideOpenError, match="failed after 2 tries") as raised:
+        fetch_slide(url, tmp_path / "slide", RemoteConfig(retries=1))
+    assert "does not exist" not in str(raised.value)
+    assert "trying again" in caplog.text
+
+
+def test_a_hash_in_a_url_is_kept_and_comment_lines_keep_line_numbers(tmp_path):
+    sheet = tmp_path / "samples.tsv"
+    sheet.write_text("slide_id\tpath\n# a comment\ns1\ts3://bucket/x#1.svs\n# another\ns2\n")
+    with pytest.raises(ConfigError, match="line 5: path"):
+        read_sample_sheet(sheet)
+    sheet.write_text("slide_id\tpath\n# a comment\ns1\ts3://bucket/x#1.svs\n")
+    assert read_sample_sheet(sheet)["s1"].path == "s3://bucket/x#1.svs"
+
+
 def write_remote_sheet(path: Path, rows: list[tuple[str, str, int | None, str | None]]) -> Path:
     lines = ["slide_id\tpath\tsize_bytes\tmd5"]
     lines += [f"{slide}\t{url}\t{size or ''}\t{md5 or ''}" for slide, url, size, md5 in rows]
@@ -220,8 +249,11 @@ def test_the_engine_fetches_each_remote_slide_for_its_job_and_removes_it(remote_
     }
     assert results["s3-missing"].stage == "tissue"
     assert "no-such-series/: the file does not exist" in results["s3-missing"].cause
-    assert "broken.svs" in results["s3-corrupt"].cause
-    assert "no reader can open it" in results["s3-corrupt"].cause
+    corrupt = results["s3-corrupt"].cause
+    assert corrupt.startswith(f"s3://{BUCKET}/corrupt/broken.svs: no reader can open it")
+    assert str(scratch) not in corrupt, "named by its URL, not the scratch file"
+    record = TissueRecord.read(SlidePaths(config.results, "s3-svs").tissue_record)
+    assert record.slide_path == f"s3://{BUCKET}/{SVS_KEY}"
     assert not list(scratch.rglob("*")), "every fetched slide removed once its job is done"
     for slide_id in ("s3-svs", "s3-dicom", "gdc-svs"):
         assert SlidePaths(config.results, slide_id).features.is_dir()

@@ -27,6 +27,7 @@ MD5 = "0123456789abcdef0123456789abcdef"
         ("TCGA-A1-A0SB-11A-01-TS1", "TCGA-A1-A0SB-11"),
         ("TCGA-A1-A0SB-TP-DX1", "TCGA-A1-A0SB-01"),
         ("TCGA-A1-A0SB-NT-TS1", "TCGA-A1-A0SB-11"),
+        ("TCGA-A1-A0SB-TP-DX1-2", "TCGA-A1-A0SB-01"),
         ("TCGA-A1-A0SB-01A-11R-A144-07", "TCGA-A1-A0SB-01"),
         ("TCGA-A1-A0SB-01", "TCGA-A1-A0SB-01"),
         ("CMU-1-svs", None),

@@ -95,6 +95,7 @@ def planted_sections() -> list[Section]:
     return sections
 
 
+@pytest.mark.slow
 def test_planted_genes_are_recovered_on_a_held_out_section_above_the_ridge_probe(
     planted_sections,
 ):
@@ -120,6 +121,7 @@ def test_planted_genes_are_recovered_on_a_held_out_section_above_the_ridge_probe
     assert abs(noise.mean()) < 0.15 and noise.abs().max() < 0.35, noise
 
 
+@pytest.mark.slow
 def test_training_in_blocks_resumes_where_it_was_interrupted(
     planted_sections, tmp_path, monkeypatch
 ):
@@ -325,6 +327,7 @@ def test_weight_average_follows_the_weights_over_epochs():
         assert torch.allclose(averaged, before + 1.0)
 
 
+@pytest.mark.slow
 def test_pretrained_features_predict_real_marker_genes_of_another_section():
     """The default encoder's features carry what the demo maps show: from HER2ST C3 (real
     counts at its real spots) to the next section, C4, a ridge probe on EfficientNet-Lite0's

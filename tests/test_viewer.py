@@ -28,6 +28,7 @@ from hespotex.viewer.server import openseadragon_folder, serve
 REQUIRE_BROWSER = "HESPOTEX_REQUIRE_BROWSER"
 CHROMIUM = Path("/usr/bin/chromium")
 ASSETS = REPO / "envs" / "viewer-assets"
+REMOTE_URL = "s3://idc-open-data/0000-series/"
 
 
 @pytest.fixture(scope="module")
@@ -41,12 +42,23 @@ def assets() -> Path:
 
 @pytest.fixture(scope="module")
 def viewer(decoded, tmp_path_factory, assets):
-    """The viewer over the decoded slide's results, with a second slide that never ran."""
-    config, _ = decoded
+    """The viewer over the decoded slide's results, a slide that never ran, and the same
+    results as a remote slide's (``s3://``: the viewer has no tiles for it)."""
+    import shutil
+
+    config, paths = decoded
     folder = tmp_path_factory.mktemp("viewer")
-    sheet = write_sheet(folder / "samples.tsv", [("svs", SVS, None), ("never-run", SVS, None)])
+    for slide_id in ("svs", "remote-svs"):
+        shutil.copytree(paths.root, folder / "results" / slide_id)
+    rows = [("svs", SVS, None), ("never-run", SVS, None), ("remote-svs", REMOTE_URL, None)]
+    sheet = write_sheet(folder / "samples.tsv", rows)
     view_config = parse_config(
-        {**config.model_dump(mode="json"), "samples": str(sheet), "logs": str(folder / "logs")}
+        {
+            **config.model_dump(mode="json"),
+            "samples": str(sheet),
+            "results": str(folder / "results"),
+            "logs": str(folder / "logs"),
+        }
     )
     server = serve(view_config, port=0, assets=assets)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -109,6 +121,30 @@ def test_a_slide_answers_its_genes_spots_qc_and_outline(viewer, decoded):
     assert status == 404 and b"NOT_A_GENE" in body
 
 
+def test_a_score_not_measured_is_null_in_the_json(decoded, tmp_path):
+    """A spot quality control did not score for blur (blur off) has NaN in ``obs``; the
+    browser gets null, not NaN, which no JSON parser reads."""
+    import shutil
+
+    import anndata as ad
+
+    from hespotex.viewer.results import Results
+
+    config, paths = decoded
+    results = tmp_path / "results"
+    shutil.copytree(paths.root, results / "svs")
+    adata = ad.read_h5ad(results / "svs" / "expression.h5ad")
+    adata.obs["blur_score"] = np.nan
+    adata.write_h5ad(results / "svs" / "expression.h5ad")
+    sheet = write_sheet(tmp_path / "samples.tsv", [("svs", SVS, None)])
+    view_config = parse_config(
+        {**config.model_dump(mode="json"), "samples": str(sheet), "results": str(results)}
+    )
+    spots = Results(view_config).spots("svs", "PLANTED_HEMATOXYLIN")
+    assert set(spots["qc"]["blur_score"]) == {None}
+    assert json.loads(json.dumps(spots, allow_nan=False))["qc"]["blur_score"][0] is None
+
+
 def test_deep_zoom_tiles_come_from_the_slide_at_full_resolution(viewer):
     from hespotex.io.slide import open_slide
 
@@ -149,6 +185,18 @@ def test_paths_outside_the_routes_are_refused(viewer, path):
     assert b"root:" not in body and b"import" not in body
 
 
+def test_a_request_naming_another_host_is_refused(viewer):
+    """A page elsewhere whose name resolves to 127.0.0.1 (DNS rebinding) reads nothing."""
+    connection = http.client.HTTPConnection(*viewer.server_address[:2], timeout=60)
+    connection.putrequest("GET", "/api/cohort", skip_host=True)
+    connection.putheader("Host", "evil.example:8765")
+    connection.endheaders()
+    response = connection.getresponse()
+    assert response.status == 403 and b"svs" not in response.read()
+    connection.close()
+    assert request(viewer, "/api/cohort")[0] == 200
+
+
 def test_only_reading_is_answered(viewer):
     assert request(viewer, "/api/cohort", method="POST")[0] == 501
     assert request(viewer, "/api/cohort", method="HEAD")[0] == 200
@@ -187,6 +235,24 @@ def overlay_pixel(page, spot: int) -> list[int]:
     )
 
 
+def overlay_pixel_remote(page, spot: int) -> list[int]:
+    """As ``overlay_pixel``, on a page showing the thumbnail (its pixels per level-0 pixel:
+    ``state.scale``)."""
+    return page.evaluate(
+        """(spot) => {
+            const {state, viewer} = window.hespotex;
+            const item = viewer.world.getItemAt(0);
+            const point = item.imageToViewerElementCoordinates(new OpenSeadragon.Point(
+                state.spots.x[spot] * state.scale, state.spots.y[spot] * state.scale));
+            const canvas = document.getElementById("overlay");
+            const ratio = canvas.width / canvas.clientWidth;
+            return Array.from(canvas.getContext("2d").getImageData(
+                Math.round(point.x * ratio), Math.round(point.y * ratio), 1, 1).data);
+        }""",
+        spot,
+    )
+
+
 def matching_colours(page, pixels: dict[int, list[int]]) -> int:
     """How many of the spots' drawn pixels have the colour the page gives their value."""
     expected = page.evaluate(
@@ -207,9 +273,10 @@ def test_a_real_browser_draws_the_cohort_the_slide_its_tiles_and_spots(viewer, b
 
     page.goto(f"{base}/")
     page.wait_for_selector("body[data-ready='1']")
-    assert page.locator("tr[data-slide]").count() == 2
-    page.fill("#search", "svs")
+    assert page.locator("tr[data-slide]").count() == 3
+    page.fill("#search", "never")
     assert page.locator("tr[data-slide]").count() == 1
+    page.fill("#search", "")
     page.screenshot(path=tmp_path / "cohort.png")
     page.click("a[href='/slide/svs']")
 
@@ -266,4 +333,10 @@ def test_a_real_browser_draws_the_cohort_the_slide_its_tiles_and_spots(viewer, b
     spot_ids = page.evaluate("window.hespotex.state.spots.spot_id")
     assert clicked == spot_ids[spot]
     assert other in page.text_content("#spot-info")
+
+    page.goto(f"{base}/slide/remote-svs")
+    page.wait_for_selector("body[data-ready='1']", timeout=60_000)
+    assert page.evaluate("window.hespotex.state.info.zoomable") is False
+    assert int(page.get_attribute("#overlay", "data-spots-drawn")) > 0, "over the thumbnail"
+    assert overlay_pixel_remote(page, 0)[3] > 0, "each spot where the thumbnail shows it"
     page.close()

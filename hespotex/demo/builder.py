@@ -30,6 +30,7 @@ from PIL import Image
 from scipy import sparse
 
 from hespotex.config import GridConfig, TissueConfig
+from hespotex.demo.planted_artifacts import planted_slide
 from hespotex.errors import InputDataError
 from hespotex.io.atomic import atomic_path, write_tsv
 from hespotex.io.backends import ArraySlide
@@ -39,7 +40,6 @@ from hespotex.network.spot_graph import knn_edges
 from hespotex.stages.spot_qc import footprint_fraction
 from hespotex.stages.tiles import lattice_um
 from hespotex.stages.tissue import tissue_mask
-from hespotex.demo.planted_artifacts import planted_slide
 
 logger = logging.getLogger(__name__)
 

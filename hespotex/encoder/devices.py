@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -33,24 +34,32 @@ def lock_folder() -> Path:
     return Path(tempfile.gettempdir()) / f"hespotex-gpu-claims-{os.getuid()}"
 
 
+def _own_folder(folder: Path) -> Path:
+    """``folder``, made private (0700) if missing; refused unless it is a real folder of this
+    user's, so no one else can plant lock files (or links) in it."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    status = folder.lstat()
+    if not stat.S_ISDIR(status.st_mode) or status.st_uid != os.getuid():
+        raise ConfigError(f"{folder}: not a folder of this user's; remove it or set TMPDIR")
+    return folder
+
+
 def claim_slot(count: int, folder: Path | None = None) -> tuple[int, IO]:
     """The first of ``count`` slots no other process holds, and its open lock (the claim
     lasts while it is open); waits while all are held."""
-    folder = folder or lock_folder()
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = _own_folder(folder or lock_folder())
     waited = False
     while True:
         for index in range(count):
-            handle = (folder / f"gpu-{index}.lock").open("a+")
+            descriptor = os.open(
+                folder / f"gpu-{index}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600
+            )
+            handle = os.fdopen(descriptor, "r+")
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 handle.close()
                 continue
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"{os.getpid()}\n")
-            handle.flush()
             return index, handle
         if not waited:
             logger.info("all %d GPUs are claimed by other jobs; waiting for one", count)
@@ -58,15 +67,16 @@ def claim_slot(count: int, folder: Path | None = None) -> tuple[int, IO]:
         time.sleep(WAIT_SECONDS)
 
 
-def pick_device(preference: str) -> torch.device:
-    """``auto``: CUDA when present, else the CPU. With several GPUs visible and none named,
-    the GPU this process claims (``claim_slot``)."""
+def pick_device(preference: str, claim: bool = False) -> torch.device:
+    """``auto``: CUDA when present, else the CPU. With several GPUs visible, a features job
+    (``claim``) runs on the GPU its process claims (``claim_slot``); other work (decoding,
+    training) on the first, claiming nothing, so it never holds up a features job."""
     if preference == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device: cuda was asked for but no CUDA device is visible")
     if preference == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     count = torch.cuda.device_count()
-    if count <= 1:
+    if count <= 1 or not claim:
         return torch.device("cuda")
     if not _CLAIMED:
         _CLAIMED.append(claim_slot(count))

@@ -118,13 +118,14 @@ class OnnxRunner:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"features.onnx_model: {path} does not exist")
-        providers = ["CPUExecutionProvider"]
+        providers: list = ["CPUExecutionProvider"]
         if (
             device != "cpu"
             and torch.cuda.is_available()
             and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
         ):
-            providers.insert(0, "CUDAExecutionProvider")
+            gpu = pick_device(device, claim=True).index or 0
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": gpu}))
         try:
             self.session = onnxruntime.InferenceSession(str(path), providers=providers)
         except Exception as error:  # onnxruntime raises its own untyped errors
@@ -153,4 +154,4 @@ def build_runner(config: PipelineConfig) -> TorchRunner | OnnxRunner:
     features: FeaturesConfig = config.features
     if features.runtime == "onnx":
         return OnnxRunner(features.onnx_model, encoder_identity(config.encoder), features.device)
-    return TorchRunner(load_encoder(config.encoder), pick_device(features.device))
+    return TorchRunner(load_encoder(config.encoder), pick_device(features.device, claim=True))

@@ -13,10 +13,10 @@ read. Transient errors are retried; a file that is not there fails at once. Ever
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
@@ -28,13 +28,15 @@ logger = logging.getLogger(__name__)
 
 MD5_CHUNK_BYTES = 8 << 20
 FIRST_RETRY_SECONDS = 1.0
-AWS_CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE")
 
 
+@functools.cache
 def _has_aws_credentials() -> bool:
-    if any(os.environ.get(name) for name in AWS_CREDENTIAL_VARIABLES):
-        return True
-    return (Path.home() / ".aws" / "credentials").is_file()
+    """Whether botocore's credential chain finds any (variables, ~/.aws, SSO, an instance or
+    container role), as s3fs would sign with them."""
+    import botocore.session
+
+    return botocore.session.get_session().get_credentials() is not None
 
 
 def storage_options(url: str, config: RemoteConfig) -> dict:
@@ -68,10 +70,24 @@ def _md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _s3_etag_md5(info: dict) -> str | None:
-    """S3's ETag where it is the object's MD5 (single-part uploads: no '-')."""
-    etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
+def _s3_etag_md5(url: str, info: dict) -> str | None:
+    """S3's ETag where it is the object's MD5: an S3 object uploaded in one part and not
+    encrypted with KMS or a customer's key (their ETags are not the MD5)."""
+    if not url.startswith("s3://"):
+        return None
+    if info.get("ServerSideEncryption") == "aws:kms" or info.get("SSECustomerAlgorithm"):
+        return None
+    etag = str(info.get("ETag") or "").strip('"')
     return etag if len(etag) == 32 and "-" not in etag else None
+
+
+def _masks_a_transient_error(error: OSError) -> bool:
+    """fsspec's HTTP file system reports any failure to size a URL (5xx, 429, a timeout, a
+    refused connection) as FileNotFoundError; only a 404 or 410 under it means no file."""
+    cause = error.__cause__
+    if not isinstance(error, FileNotFoundError) or cause is None:
+        return False
+    return getattr(cause, "status", None) not in (404, 410)
 
 
 def _retrying(url: str, retries: int, action, what: str):
@@ -81,8 +97,18 @@ def _retrying(url: str, retries: int, action, what: str):
     for attempt in itertools.count():
         try:
             return action()
-        except (FileNotFoundError, PermissionError):
-            raise
+        except (FileNotFoundError, PermissionError) as error:
+            if not _masks_a_transient_error(error):
+                raise
+            if attempt >= retries:
+                raise SlideOpenError(
+                    url, f"{what} failed after {attempt + 1} tries: {error.__cause__}"
+                ) from None
+            logger.warning(
+                "%s: %s failed (%s); trying again in %.0f s", url, what, error.__cause__, wait
+            )
+            time.sleep(wait)
+            wait *= 2
         except Exception as error:  # the transports raise their own kinds; all are retried
             if attempt >= retries:
                 raise SlideOpenError(
@@ -109,6 +135,14 @@ def _fetch_file(fs, remote: str, url: str, local: Path, config: RemoteConfig) ->
     return info
 
 
+def _empty(folder: Path) -> None:
+    for entry in folder.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
 def fetch_slide(
     url: str,
     destination: Path,
@@ -116,11 +150,11 @@ def fetch_slide(
     size_bytes: int | None = None,
     md5: str | None = None,
 ) -> Path:
-    """The slide at ``url`` fetched into the folder ``destination`` (emptied first): the
-    local path to open — the file, or the folder of a multi-file slide."""
+    """The slide at ``url`` fetched into the empty folder ``destination`` (made if missing):
+    the local path to open — the file, or the folder of a multi-file slide. On failure the
+    folder is emptied of what was fetched."""
     fs, root = _file_system(url, config)
-    shutil.rmtree(destination, ignore_errors=True)
-    destination.mkdir(parents=True)
+    destination.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     try:
         # Over HTTP a folder is only ever named as one: asking would download the file.
@@ -142,20 +176,22 @@ def fetch_slide(
             info = _fetch_file(fs, root, url, local, config)
             fetched = local.stat().st_size
             if md5 is None:
-                md5_expected, source = _s3_etag_md5(info), "S3's ETag"
+                md5_expected, source = _s3_etag_md5(url, info), "S3's ETag"
             else:
                 md5_expected, source = md5, "the sheet's md5"
             if md5_expected is not None and _md5(local) != md5_expected:
                 raise SlideOpenError(url, f"the download's MD5 differs from {source}")
     except FileNotFoundError:
+        _empty(destination)
         raise SlideOpenError(url, "the file does not exist (nothing at that URL)") from None
     except PermissionError as error:
+        _empty(destination)
         raise SlideOpenError(url, f"access refused: {error}") from None
     except SlideOpenError:
-        shutil.rmtree(destination, ignore_errors=True)
+        _empty(destination)
         raise
     if size_bytes is not None and fetched != size_bytes:
-        shutil.rmtree(destination, ignore_errors=True)
+        _empty(destination)
         raise SlideOpenError(
             url, f"the download has {fetched:,} bytes, the sheet's size_bytes says {size_bytes:,}"
         )

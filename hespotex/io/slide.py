@@ -38,9 +38,12 @@ logger = logging.getLogger(__name__)
 class Slide:
     """A slide with its resolution resolved; the object every stage reads through."""
 
-    def __init__(self, backend: SlideBackend, mpp: Mpp, mpp_source: str):
+    def __init__(self, backend: SlideBackend, mpp: Mpp, mpp_source: str, source: str = ""):
         self.backend = backend
         self.path = backend.path
+        # Where the slide comes from, as the sheet says: its path, or the URL it was fetched
+        # from into ``path``. Records and messages name it.
+        self.source = source or str(backend.path)
         self.mpp = mpp
         self.mpp_source = mpp_source
 
@@ -151,20 +154,22 @@ def resolve_mpp(backend: SlideBackend, sheet_mpp: float | None, slide_id: str) -
     return Mpp(mpp), source
 
 
-def open_slide(path: Path | str, slide_id: str, sheet_mpp: float | None = None) -> Slide:
+def open_slide(
+    path: Path | str, slide_id: str, sheet_mpp: float | None = None, source: str = ""
+) -> Slide:
     backend = open_backend(Path(path))
     try:
-        mpp, source = resolve_mpp(backend, sheet_mpp, slide_id)
+        mpp, mpp_source = resolve_mpp(backend, sheet_mpp, slide_id)
     except Exception:
         backend.close()
         raise
     logger.info(
         "opened %s with %s: %d level(s), level 0 %s px, %.4f µm/px from the %s",
-        path,
+        source or path,
         backend.name,
         len(backend.level_dimensions),
         backend.level_dimensions[0],
         mpp,
-        source,
+        mpp_source,
     )
-    return Slide(backend, mpp, source)
+    return Slide(backend, mpp, mpp_source, source)

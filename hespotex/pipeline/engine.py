@@ -11,10 +11,8 @@ is not redone, so a rerun after a crash, a kill or a failed slide does only what
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -27,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from hespotex.config import PipelineConfig, SampleRow
-from hespotex.errors import HespotexError
+from hespotex.errors import HespotexError, SlideError
 from hespotex.io.atomic import write_tsv
 from hespotex.io.slide import Slide, open_slide
 from hespotex.io.stage_records import stage_record
@@ -119,11 +117,10 @@ class SharedWork:
         return round(seconds, 3)
 
 
-def scratch_folder(config: PipelineConfig) -> Path:
-    """Where this process fetches remote slides: its own folder in ``remote.scratch`` (default
-    $TMPDIR, node-local on most clusters)."""
-    root = config.remote.scratch or Path(tempfile.gettempdir())
-    return Path(root) / f"hespotex-{os.getpid()}"
+def scratch_root(config: PipelineConfig) -> Path:
+    """Where remote slides are fetched: ``remote.scratch``, else $TMPDIR (node-local on most
+    clusters), else /tmp."""
+    return Path(config.remote.scratch or tempfile.gettempdir())
 
 
 class SlideTask:
@@ -144,7 +141,10 @@ class SlideTask:
             return self.sample.slide_path
         from hespotex.io.remote import fetch_slide
 
-        self._fetched = scratch_folder(self.config) / self.slide_id
+        root = scratch_root(self.config)
+        root.mkdir(parents=True, exist_ok=True)
+        # A folder of this process's own (mode 0700, a name no one can guess beforehand).
+        self._fetched = Path(tempfile.mkdtemp(prefix=f"hespotex-{self.slide_id}-", dir=root))
         return fetch_slide(
             self.sample.path,
             self._fetched,
@@ -155,8 +155,17 @@ class SlideTask:
 
     def slide(self) -> Slide:
         if self._slide is None:
-            self._slide = open_slide(self._local_path(), self.slide_id, self.sample.mpp)
+            local = self._local_path()
+            self._slide = open_slide(local, self.slide_id, self.sample.mpp, self.sample.path)
         return self._slide
+
+    def named(self, error: HespotexError) -> HespotexError:
+        """``error`` naming the slide as the sheet does: a fetched slide's URL, not the
+        scratch file it was read from."""
+        fetched = self._fetched is not None and isinstance(error, SlideError)
+        if fetched and str(self._fetched) in str(error):
+            return error.about(self.sample.path)
+        return error
 
     def close(self) -> None:
         if self._slide is not None:
@@ -164,8 +173,6 @@ class SlideTask:
             self._slide = None
         if self._fetched is not None:
             shutil.rmtree(self._fetched, ignore_errors=True)
-            with contextlib.suppress(OSError):  # other slides of the job may still be there
-                self._fetched.parent.rmdir()
             self._fetched = None
 
 
@@ -284,7 +291,8 @@ def run_slide(
             try:
                 with stage_record(paths, stage) as record:
                     record.update(STAGE_RUNS[stage](task) or {})
-            except HespotexError as error:
+            except HespotexError as raised:
+                error = task.named(raised)
                 logger.error("%s failed [slide %s]: %s", stage, task.slide_id, error)
                 return SlideResult(task.slide_id, Outcome.FAILED, stage, str(error))
             except Exception as error:  # a slide must fail alone, whatever it raises

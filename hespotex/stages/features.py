@@ -58,7 +58,7 @@ def run_features(
     logger.info("encoder: %s, run by %s", identity.describe(), runner.describe())
     attributes = {
         "slide_id": slide_id,
-        "slide_path": str(slide.path),
+        "slide_path": slide.source,
         "mpp": float(slide.mpp),
         "mpp_source": slide.mpp_source,
         "patch_px": config.features.patch_px,

@@ -155,7 +155,7 @@ def run_tissue(slide: Slide, slide_id: str, config: PipelineConfig) -> TissueRec
     )
     record = TissueRecord(
         slide_id=slide_id,
-        slide_path=str(slide.path),
+        slide_path=slide.source,
         reader=slide.reader,
         width_px=slide.dimensions[0],
         height_px=slide.dimensions[1],

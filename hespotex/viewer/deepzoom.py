@@ -52,6 +52,7 @@ class TileSource:
     """A slide's Deep Zoom descriptor and JPEG tiles, the last ``cached_tiles`` kept."""
 
     def __init__(self, slide: Slide, cached_tiles: int = 256):
+        # Kept open for as long as the source is used; closed with it by the collector.
         self._slide = slide
         self.generator = DeepZoomGenerator(SlideAsOpenSlide(slide), TILE_PX, OVERLAP_PX)
         self._cache: OrderedDict[tuple[int, int, int], bytes] = OrderedDict()
@@ -59,9 +60,6 @@ class TileSource:
         # Guards the cache; the slide's readers serve several threads at once, as the
         # features stage's reading threads use them.
         self._lock = threading.Lock()
-
-    def close(self) -> None:
-        self._slide.close()
 
     def dzi(self) -> str:
         return self.generator.get_dzi("jpeg")

@@ -67,7 +67,9 @@ class SlideView:
 
 class Results:
     """The run's results as the viewer serves them; opened slides and expression files are
-    kept for the last ``open_slides`` slides asked for."""
+    kept for the last ``open_slides`` slides asked for. One dropped from the cache is not
+    closed here, since a request may still be reading it: it closes when the last reference
+    goes."""
 
     def __init__(self, config: PipelineConfig, open_slides: int = 4):
         self.config = config
@@ -93,7 +95,9 @@ class Results:
         else:
             rows = [slide_status(self.config, slide_id) for slide_id in self.samples]
         for row in rows:
-            row["has_thumbnail"] = self.thumbnail(row["slide_id"]).is_file()
+            known = row["slide_id"] in self.samples
+            row["has_thumbnail"] = known and self.thumbnail(row["slide_id"]).is_file()
+            row["remote"] = known and self.samples[row["slide_id"]].is_remote
         return rows
 
     def thumbnail(self, slide_id: str) -> Path:
@@ -108,12 +112,10 @@ class Results:
         view = self._open_view(slide_id)
         with self._lock:
             if slide_id in self._views:  # another request opened it meanwhile
-                view.expression.file.close()
                 return self._views[slide_id]
             self._views[slide_id] = view
             while len(self._views) > self._open_slides:
-                _, old = self._views.popitem(last=False)
-                old.expression.file.close()
+                self._views.popitem(last=False)
         return view
 
     def _open_view(self, slide_id: str) -> SlideView:
@@ -161,6 +163,9 @@ class Results:
             "genes": genes,
             "score": scores[0] if scores else None,
             "default_gene": default[0] if default else str(view.genes.index[0]),
+            # A remote slide has no tiles here: its page draws the spots over the thumbnail.
+            "zoomable": not self.samples[slide_id].is_remote,
+            "thumbnail_downsample": record.mask_downsample,
         }
 
     def spots(self, slide_id: str, gene: str) -> dict:
@@ -168,12 +173,13 @@ class Results:
         view = self.view(slide_id)
         values = view.gene_values(gene)
         low, high = np.percentile(values, COLOUR_RANGE_PERCENTILES) if len(values) else (0, 0)
+        low, high = round(float(low), 4), round(float(high), 4)
         obs = view.obs
         qc = {
             column: (
                 obs[column].astype(str).tolist()
                 if column in ("qc", "qc_reasons")
-                else obs[column].astype(float).round(4).tolist()
+                else [_json_number(value) for value in obs[column].astype(float)]
             )
             for column in QC_COLUMNS
             if column in obs.columns
@@ -184,7 +190,8 @@ class Results:
             "x": view.centres_px[:, 0].round(1).tolist(),
             "y": view.centres_px[:, 1].round(1).tolist(),
             "values": np.round(values.astype(float), 4).tolist(),
-            "range": [round(float(low), 4), round(float(max(high, low + 1e-6)), 4)],
+            # A gene constant on the slide still gets a scale (its spots the scale's bottom).
+            "range": [low, high if high > low else low + 1e-4],
             "qc": qc,
         }
 
@@ -234,10 +241,8 @@ class Results:
         source = TileSource(slide)
         with self._lock:
             if slide_id in self._tiles:  # another request opened it meanwhile
-                source.close()
                 return self._tiles[slide_id]
             self._tiles[slide_id] = source
             while len(self._tiles) > self._open_slides:
-                _, old = self._tiles.popitem(last=False)
-                old.close()
+                self._tiles.popitem(last=False)
         return source

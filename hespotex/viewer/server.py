@@ -111,6 +111,9 @@ class ViewerRequestHandler(BaseHTTPRequestHandler):
         self._answer(send_body=True)
 
     def _answer(self, send_body: bool) -> None:
+        if not self._host_is_allowed():
+            self._send_error(HTTPStatus.FORBIDDEN, "unknown Host", send_body)
+            return
         url = urlsplit(self.path)
         found = route(url.path)
         if found is None:
@@ -130,6 +133,14 @@ class ViewerRequestHandler(BaseHTTPRequestHandler):
             return
         self._send(status, content_type, body, send_body)
 
+    def _host_is_allowed(self) -> bool:
+        """On this machine only, a request must name this machine: a page elsewhere that
+        points its own name at 127.0.0.1 (DNS rebinding) is refused."""
+        if self.server.server_address[0] != LOCALHOST:
+            return True
+        host = (self.headers.get("Host") or "").rsplit(":", 1)[0]
+        return host in ("127.0.0.1", "localhost")
+
     def _send(self, status: HTTPStatus, content_type: str, body: bytes, send_body: bool) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
@@ -146,7 +157,8 @@ class ViewerRequestHandler(BaseHTTPRequestHandler):
 
     @staticmethod
     def _json(value) -> tuple[HTTPStatus, str, bytes]:
-        return HTTPStatus.OK, "application/json", json.dumps(value).encode()
+        # NaN is no JSON a browser parses: the results give None for a missing number.
+        return HTTPStatus.OK, "application/json", json.dumps(value, allow_nan=False).encode()
 
     @staticmethod
     def _file(folder: Path, name: str) -> tuple[HTTPStatus, str, bytes]:

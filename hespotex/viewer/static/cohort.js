@@ -43,7 +43,8 @@ function rowElement(row) {
   tr.appendChild(name);
   tr.appendChild(cell(row.status, `status-${String(row.status).replace(/ /g, "-")}`));
   tr.appendChild(cell(row.spots));
-  tr.appendChild(cell(row.tissue_area_mm2 === null ? "" : Number(row.tissue_area_mm2).toFixed(1)));
+  const area = row.tissue_area_mm2;
+  tr.appendChild(cell(area === null || area === undefined ? "" : Number(area).toFixed(1)));
   tr.appendChild(cell(row.qc_verdict));
   tr.appendChild(cell(row.spots_flagged));
   tr.appendChild(cell(row.spots_dropped));
@@ -87,9 +88,13 @@ headers.forEach((th) => th.addEventListener("click", () => {
 document.getElementById("search").addEventListener("input", render);
 
 fetch("/api/cohort")
-  .then((response) => response.json())
-  .then((cohort) => {
-    rows = cohort;
+  .then(async (response) => {
+    const body = await response.json();
+    if (!response.ok) throw new Error(body.error || `HTTP ${response.status}`);
+    rows = body;
     render();
     document.body.dataset.ready = "1";
+  })
+  .catch((error) => {
+    document.getElementById("counts").textContent = `cannot list the slides: ${error.message}`;
   });

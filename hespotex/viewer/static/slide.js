@@ -11,7 +11,9 @@ const DROPPED_COLOUR = "rgba(158, 158, 158, 0.9)";
 const FLAGGED_COLOUR = "#ff9800";
 const OUTLINE_COLOUR = "#00c853";
 
-const state = { info: null, spots: null, dropped: null, outline: [], drawn: 0 };
+// scale: image pixels per level-0 pixel (1 for the slide's own tiles; a remote slide, which
+// has none here, is shown as its thumbnail).
+const state = { info: null, spots: null, dropped: null, outline: [], drawn: 0, scale: 1 };
 const overlay = document.getElementById("overlay");
 const controls = {
   gene: document.getElementById("gene"),
@@ -30,14 +32,14 @@ function viridis(t) {
 
 function spotColour(index) {
   const [low, high] = state.spots.range;
-  const [r, g, b] = viridis((state.spots.values[index] - low) / (high - low));
+  const share = high > low ? (state.spots.values[index] - low) / (high - low) : 0;
+  const [r, g, b] = viridis(Number.isFinite(share) ? share : 0);
   return `rgb(${r}, ${g}, ${b})`;
 }
 
 const viewer = OpenSeadragon({
   id: "viewer",
   prefixUrl: "/static/openseadragon/images/",
-  tileSources: `/tiles/${encodeURIComponent(slideId)}.dzi`,
   showNavigator: true,
   maxZoomPixelRatio: 2,
   gestureSettingsMouse: { clickToZoom: false },
@@ -48,7 +50,7 @@ function imageTransform() {
   const item = viewer.world.getItemAt(0);
   const origin = item.imageToViewerElementCoordinates(new OpenSeadragon.Point(0, 0));
   const unit = item.imageToViewerElementCoordinates(new OpenSeadragon.Point(1000, 0));
-  return { x: origin.x, y: origin.y, scale: (unit.x - origin.x) / 1000 };
+  return { x: origin.x, y: origin.y, scale: ((unit.x - origin.x) / 1000) * state.scale };
 }
 
 function draw() {
@@ -137,8 +139,7 @@ function drawColourbar() {
 }
 
 async function showGene(gene) {
-  const response = await fetch(`${api}/spots?gene=${encodeURIComponent(gene)}`);
-  state.spots = await response.json();
+  state.spots = await fetchJson(`${api}/spots?gene=${encodeURIComponent(gene)}`);
   document.body.dataset.gene = gene;
   drawColourbar();
   draw();
@@ -158,7 +159,8 @@ function describeSpot(index) {
 
 viewer.addHandler("canvas-click", (event) => {
   if (!event.quick || !state.spots) return;
-  const point = viewer.world.getItemAt(0).viewerElementToImageCoordinates(event.position);
+  const image = viewer.world.getItemAt(0).viewerElementToImageCoordinates(event.position);
+  const point = { x: image.x / state.scale, y: image.y / state.scale };
   let best = -1, bestDistance = state.info.spot_radius_px ** 2;
   for (let i = 0; i < state.spots.x.length; i++) {
     const distance = (state.spots.x[i] - point.x) ** 2 + (state.spots.y[i] - point.y) ** 2;
@@ -176,8 +178,21 @@ for (const box of [controls.dropped, controls.flagged, controls.outline]) {
 }
 controls.gene.addEventListener("change", () => showGene(controls.gene.value));
 
+async function fetchJson(url) {
+  const response = await fetch(url);
+  const body = await response.json();
+  if (!response.ok) throw new Error(body.error || `${url}: HTTP ${response.status}`);
+  return body;
+}
+
 async function start() {
-  state.info = await (await fetch(api)).json();
+  state.info = await fetchJson(api);
+  if (state.info.zoomable) {
+    viewer.open(`/tiles/${encodeURIComponent(slideId)}.dzi`);
+  } else {
+    state.scale = 1 / state.info.thumbnail_downsample;
+    viewer.open({ type: "image", url: `${api}/thumbnail.png` });
+  }
   document.getElementById("title").textContent = slideId;
   document.getElementById("summary").textContent =
     `${state.info.spots} spots, ${state.info.genes.length} genes, ${state.info.mpp.toFixed(3)} µm/px`;
@@ -192,8 +207,8 @@ async function start() {
   }
   controls.gene.value = state.info.default_gene;
   [state.dropped, state.outline] = await Promise.all([
-    fetch(`${api}/dropped`).then((r) => r.json()),
-    fetch(`${api}/outline`).then((r) => r.json()),
+    fetchJson(`${api}/dropped`),
+    fetchJson(`${api}/outline`),
   ]);
   await showGene(state.info.default_gene);
   const markReady = () => { draw(); document.body.dataset.ready = "1"; };
@@ -201,4 +216,7 @@ async function start() {
 }
 
 window.hespotex = { state, viewer, draw, spotColour };
-start();
+start().catch((error) => {
+  document.getElementById("summary").textContent = `cannot show this slide: ${error.message}`;
+  document.body.dataset.error = error.message;
+});
