@@ -30,7 +30,7 @@ def claimers(folder, count: int, processes: int, hold_seconds: float) -> list[su
 
 
 def test_jobs_at_once_each_claim_a_gpu_of_their_own(tmp_path):
-    jobs = claimers(tmp_path, count=3, processes=3, hold_seconds=3)
+    jobs = claimers(tmp_path, count=3, processes=3, hold_seconds=1.5)
     indices = sorted(int(job.stdout.readline()) for job in jobs)
     assert indices == [0, 1, 2]
     for job in jobs:

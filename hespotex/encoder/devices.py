@@ -16,11 +16,12 @@ import stat
 import tempfile
 import time
 from pathlib import Path
-from typing import IO
-
-import torch
+from typing import IO, TYPE_CHECKING
 
 from hespotex.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,8 @@ def pick_device(preference: str, claim: bool = False) -> torch.device:
     """``auto``: CUDA when present, else the CPU. With several GPUs visible, a features job
     (``claim``) runs on the GPU its process claims (``claim_slot``); other work (decoding,
     training) on the first, claiming nothing, so it never holds up a features job."""
+    import torch  # here: a claim alone (the features job's first act) needs no torch
+
     if preference == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device: cuda was asked for but no CUDA device is visible")
     if preference == "cpu" or not torch.cuda.is_available():
