@@ -97,24 +97,16 @@ def _retrying(url: str, retries: int, action, what: str):
     for attempt in itertools.count():
         try:
             return action()
-        except (FileNotFoundError, PermissionError) as error:
-            if not _masks_a_transient_error(error):
-                raise
-            if attempt >= retries:
-                raise SlideOpenError(
-                    url, f"{what} failed after {attempt + 1} tries: {error.__cause__}"
-                ) from None
-            logger.warning(
-                "%s: %s failed (%s); trying again in %.0f s", url, what, error.__cause__, wait
-            )
-            time.sleep(wait)
-            wait *= 2
         except Exception as error:  # the transports raise their own kinds; all are retried
+            not_found = isinstance(error, FileNotFoundError | PermissionError)
+            if not_found and not _masks_a_transient_error(error):
+                raise
+            cause = error.__cause__ if not_found else error
             if attempt >= retries:
                 raise SlideOpenError(
-                    url, f"{what} failed after {attempt + 1} tries: {error}"
+                    url, f"{what} failed after {attempt + 1} tries: {cause}"
                 ) from None
-            logger.warning("%s: %s failed (%s); trying again in %.0f s", url, what, error, wait)
+            logger.warning("%s: %s failed (%s); trying again in %.0f s", url, what, cause, wait)
             time.sleep(wait)
             wait *= 2
 
@@ -168,7 +160,10 @@ def fetch_slide(
                 raise FileNotFoundError(root)
             prefix = root.rstrip("/") + "/"
             for remote in files:
-                _fetch_file(fs, remote, url, destination / remote[len(prefix) :], config)
+                local_file = (destination / remote[len(prefix) :]).resolve()
+                if not local_file.is_relative_to(destination.resolve()):
+                    raise SlideOpenError(url, f"refused: {remote} would land outside scratch")
+                _fetch_file(fs, remote, url, local_file, config)
             local = destination
             fetched = sum(path.stat().st_size for path in destination.rglob("*") if path.is_file())
         else:
