@@ -72,7 +72,7 @@ def pick_device(preference: str, claim: bool = False) -> torch.device:
     """``auto``: CUDA when present, else the CPU. With several GPUs visible, a features job
     (``claim``) runs on the GPU its process claims (``claim_slot``); other work (decoding,
     training) on the first, claiming nothing, so it never holds up a features job."""
-    import torch  # here: a claim alone (the features job's first act) needs no torch
+    import torch  # heavy: imported to pick a device, not to claim a GPU (claim_slot)
 
     if preference == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device: cuda was asked for but no CUDA device is visible")
