@@ -141,6 +141,7 @@ def test_another_models_file_is_refused_with_the_shapes_that_differ(shallow_pres
         load_encoder(EncoderConfig(architecture="uni", weights=str(path)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [*FOUNDATION_PRESETS, "efficientnet-lite0-imagenet"])
 def test_every_preset_exports_to_onnx_with_its_identity(name, shallow_presets, tmp_path):
     config = EncoderConfig(architecture=name, weights=None if "efficientnet" in name else "random")

@@ -63,7 +63,10 @@ def test_a_damaged_tile_fails_its_slide_and_the_pool_goes_on(pool, small_pyramid
     assert [len(batch) for batch in batches] == [16, 4]
 
 
-def test_dead_pool_processes_are_noticed_instead_of_waited_for(small_pyramids):
+def test_dead_pool_processes_are_noticed_instead_of_waited_for(small_pyramids, monkeypatch):
+    import hespotex.io.reading_pool
+
+    monkeypatch.setattr(hespotex.io.reading_pool, "POLL_SECONDS", 0.2)  # noticed sooner
     with ReadingPool(workers=1, batch_size=8, patch_px=224) as lonely:
         for process in lonely._processes:
             process.kill()
