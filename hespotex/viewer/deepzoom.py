@@ -9,14 +9,13 @@ OME-Zarr slides zoom as SVS does. Tiles are cached per slide, a bounded number.
 from __future__ import annotations
 
 import io
-import threading
-from collections import OrderedDict
 
 import numpy as np
 from openslide.deepzoom import DeepZoomGenerator
 from PIL import Image
 
 from hespotex.io.slide import Slide
+from hespotex.viewer.recent import Recent
 
 TILE_PX = 254
 OVERLAP_PX = 1
@@ -55,11 +54,9 @@ class TileSource:
         # Kept open for as long as the source is used; closed with it by the collector.
         self._slide = slide
         self.generator = DeepZoomGenerator(SlideAsOpenSlide(slide), TILE_PX, OVERLAP_PX)
-        self._cache: OrderedDict[tuple[int, int, int], bytes] = OrderedDict()
-        self._cached_tiles = cached_tiles
-        # Guards the cache; the slide's readers serve several threads at once, as the
-        # features stage's reading threads use them.
-        self._lock = threading.Lock()
+        # Tiles are made in the requests' threads at once: the slide's readers serve several
+        # threads, as the features stage's reading threads use them.
+        self._tiles: Recent[bytes] = Recent(cached_tiles)
 
     def dzi(self) -> str:
         return self.generator.get_dzi("jpeg")
@@ -71,16 +68,9 @@ class TileSource:
         return 0 <= column < columns and 0 <= row < rows
 
     def tile(self, level: int, column: int, row: int) -> bytes:
-        key = (level, column, row)
-        with self._lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
+        return self._tiles.get((level, column, row), lambda: self._encode(level, column, row))
+
+    def _encode(self, level: int, column: int, row: int) -> bytes:
         buffer = io.BytesIO()
         self.generator.get_tile(level, (column, row)).save(buffer, "JPEG", quality=JPEG_QUALITY)
-        encoded = buffer.getvalue()
-        with self._lock:
-            self._cache[key] = encoded
-            while len(self._cache) > self._cached_tiles:
-                self._cache.popitem(last=False)
-        return encoded
+        return buffer.getvalue()

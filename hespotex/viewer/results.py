@@ -10,8 +10,6 @@ a 5,457-gene slide costs one column per request, not the whole matrix.
 from __future__ import annotations
 
 import math
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from hespotex.io.slide import open_slide
 from hespotex.outputs.cohort import slide_status
 from hespotex.paths import CohortPaths, SlidePaths
 from hespotex.viewer.deepzoom import TileSource
+from hespotex.viewer.recent import Recent
 
 # The colour scale spans these percentiles of a gene's values on the slide, so one extreme
 # spot does not wash out the map.
@@ -67,17 +66,13 @@ class SlideView:
 
 class Results:
     """The run's results as the viewer serves them; opened slides and expression files are
-    kept for the last ``open_slides`` slides asked for. One dropped from the cache is not
-    closed here, since a request may still be reading it: it closes when the last reference
-    goes."""
+    kept for the last ``open_slides`` slides asked for (``Recent``)."""
 
     def __init__(self, config: PipelineConfig, open_slides: int = 4):
         self.config = config
         self.samples: dict[str, SampleRow] = read_sample_sheet(config.samples)
-        self._open_slides = open_slides
-        self._views: OrderedDict[str, SlideView] = OrderedDict()
-        self._tiles: OrderedDict[str, TileSource] = OrderedDict()
-        self._lock = threading.Lock()
+        self._views: Recent[SlideView] = Recent(open_slides)
+        self._tiles: Recent[TileSource] = Recent(open_slides)
 
     def _sample(self, slide_id: str) -> SampleRow:
         if slide_id not in self.samples:
@@ -105,18 +100,7 @@ class Results:
         return SlidePaths(self.config.results, slide_id).thumbnail
 
     def view(self, slide_id: str) -> SlideView:
-        with self._lock:
-            if slide_id in self._views:
-                self._views.move_to_end(slide_id)
-                return self._views[slide_id]
-        view = self._open_view(slide_id)
-        with self._lock:
-            if slide_id in self._views:  # another request opened it meanwhile
-                return self._views[slide_id]
-            self._views[slide_id] = view
-            while len(self._views) > self._open_slides:
-                self._views.popitem(last=False)
-        return view
+        return self._views.get(slide_id, lambda: self._open_view(slide_id))
 
     def _open_view(self, slide_id: str) -> SlideView:
         import anndata as ad
@@ -227,22 +211,13 @@ class Results:
     def tiles(self, slide_id: str) -> TileSource:
         sample = self._sample(slide_id)
         if sample.is_remote:
-            raise UnknownError(
-                f"{slide_id} is remote ({sample.path}): the viewer zooms local slides"
-            )
-        with self._lock:
-            if slide_id in self._tiles:
-                self._tiles.move_to_end(slide_id)
-                return self._tiles[slide_id]
+            raise UnknownError(f"{sample.path} is remote: its page shows the thumbnail, no tiles")
+        return self._tiles.get(slide_id, lambda: self._open_tiles(sample))
+
+    @staticmethod
+    def _open_tiles(sample: SampleRow) -> TileSource:
         try:
-            slide = open_slide(sample.slide_path, slide_id, sample.mpp)
+            slide = open_slide(sample.slide_path, sample.slide_id, sample.mpp)
         except SlideError as error:
             raise UnknownError(str(error)) from None
-        source = TileSource(slide)
-        with self._lock:
-            if slide_id in self._tiles:  # another request opened it meanwhile
-                return self._tiles[slide_id]
-            self._tiles[slide_id] = source
-            while len(self._tiles) > self._open_slides:
-                self._tiles.popitem(last=False)
-        return source
+        return TileSource(slide)
