@@ -694,6 +694,23 @@ SAMPLE_COLUMNS = (
 )
 
 
+# Written whatever the rows hold, so that a sheet's text changes only with its rows.
+REQUIRED_SAMPLE_COLUMNS = ("slide_id", "path", "mpp")
+
+
+def sample_sheet_text(samples: list[SampleRow]) -> str:
+    """``samples`` as a sample sheet ``read_sample_sheet`` reads back: slide_id, path, mpp, and
+    the other columns any row fills."""
+    values = [sample.model_dump() for sample in samples]
+    columns = [
+        column
+        for column in SAMPLE_COLUMNS
+        if column in REQUIRED_SAMPLE_COLUMNS or any(row[column] is not None for row in values)
+    ]
+    rows = ["\t".join("" if row[c] is None else str(row[c]) for c in columns) for row in values]
+    return "\n".join(["\t".join(columns), *rows]) + "\n"
+
+
 def read_sample_sheet(path: Path) -> dict[str, SampleRow]:
     """Read and validate the sample sheet: unique safe ids, a path per row, sane mpp."""
     path = Path(path)

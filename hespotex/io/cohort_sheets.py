@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from hespotex.config import SAMPLE_COLUMNS, SLIDE_ID_PATTERN
+from hespotex.config import SAMPLE_COLUMNS, SLIDE_ID_PATTERN, SampleRow, sample_sheet_text
 from hespotex.errors import ConfigError
 from hespotex.tcga import patient_of, sample_of, slide_barcode
 
@@ -185,11 +185,14 @@ def idc_sizes_mb(sheet: pd.DataFrame, collections: Sequence[str]) -> pd.Series:
 
 
 def write_cohort_sheet(sheet: pd.DataFrame, path: Path) -> None:
-    """The sheet as the pipeline reads it: tab-separated, the columns any row fills."""
-    from hespotex.io.atomic import write_tsv
+    """The sheet as the pipeline reads it (``config.sample_sheet_text``), each row checked as
+    a sample row on the way."""
+    from hespotex.io.atomic import atomic_path
 
-    filled = [column for column in sheet.columns if sheet[column].notna().any()]
-    table = sheet[filled].copy()
-    if "size_bytes" in table:
-        table["size_bytes"] = table["size_bytes"].astype("Int64")
-    write_tsv(Path(path), table)
+    records = sheet.astype(object).where(sheet.notna(), None).to_dict("records")
+    samples = [
+        SampleRow.model_validate({key: value for key, value in record.items() if value is not None})
+        for record in records
+    ]
+    with atomic_path(Path(path)) as tmp:
+        tmp.write_text(sample_sheet_text(samples))

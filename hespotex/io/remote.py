@@ -26,7 +26,6 @@ from hespotex.errors import SlideOpenError
 
 logger = logging.getLogger(__name__)
 
-MD5_CHUNK_BYTES = 8 << 20
 FIRST_RETRY_SECONDS = 1.0
 
 
@@ -63,11 +62,8 @@ def _file_system(url: str, config: RemoteConfig):
 
 
 def _md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
     with path.open("rb") as handle:
-        while chunk := handle.read(MD5_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
 
 
 def _s3_etag_md5(url: str, info: dict) -> str | None:

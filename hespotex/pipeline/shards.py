@@ -13,12 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from hespotex.config import SAMPLE_COLUMNS, SampleRow, SlidesPerJob
+from hespotex.config import SampleRow, SlidesPerJob, sample_sheet_text
 from hespotex.paths import RunPaths
 from hespotex.stage_table import JOBS
-
-# Written whatever the rows hold, so an older run's shard sheets stay unchanged.
-REQUIRED_COLUMNS = ("slide_id", "path", "mpp")
 
 
 def shard_id(index: int) -> str:
@@ -56,18 +53,6 @@ class ShardPlan:
         return [shard_id(index) for index in range(first, last + 1)]
 
 
-def sheet_text(samples: list[SampleRow]) -> str:
-    """The rows as a sample sheet: slide_id, path, mpp, and the other columns any row fills."""
-    values = [sample.model_dump() for sample in samples]
-    columns = [
-        column
-        for column in SAMPLE_COLUMNS
-        if column in REQUIRED_COLUMNS or any(row[column] is not None for row in values)
-    ]
-    rows = ["\t".join("" if row[c] is None else str(row[c]) for c in columns) for row in values]
-    return "\n".join(["\t".join(columns), *rows]) + "\n"
-
-
 def write_shard_sheets(
     plan: ShardPlan, samples: Mapping[str, SampleRow], paths: RunPaths
 ) -> list[Path]:
@@ -79,7 +64,7 @@ def write_shard_sheets(
     for job in JOBS:
         for shard in plan.shards(job):
             path = paths.shard_sheet(job, shard)
-            text = sheet_text([samples[slide_id] for slide_id in plan.slides(job, shard)])
+            text = sample_sheet_text([samples[slide_id] for slide_id in plan.slides(job, shard)])
             if path.is_file() and path.read_text() == text:
                 continue
             with atomic_path(path) as tmp:
