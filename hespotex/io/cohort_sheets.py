@@ -18,6 +18,7 @@ the source id (IDC series UUID, GDC file UUID), the expected size and the MD5 wh
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -96,25 +97,14 @@ def gdc_sheet(manifest: Path, root: Path | None) -> pd.DataFrame:
     return _sheet(rows)
 
 
-def _index_file() -> Path:
-    """The parquet index the ``idc-index-data`` package installs (a dependency of hespotex)."""
+@functools.cache
+def _slide_series() -> pd.DataFrame:
+    """The slide-microscopy series of the index ``idc-index-data`` installs, read once per
+    process (a sheet and its sizes both need it)."""
     import idc_index_data
 
-    return Path(idc_index_data.IDC_INDEX_PARQUET_FILEPATH)
-
-
-def idc_collections() -> list[str]:
-    """The collections of the installed index that hold slides."""
-    index = pd.read_parquet(
-        _index_file(), columns=["collection_id"], filters=[("Modality", "==", "SM")]
-    )
-    return sorted(index["collection_id"].unique())
-
-
-def read_idc_index(collections: Sequence[str]) -> pd.DataFrame:
-    """IDC's slide-microscopy series of ``collections``, from the installed index."""
-    index = pd.read_parquet(
-        _index_file(),
+    return pd.read_parquet(
+        idc_index_data.IDC_INDEX_PARQUET_FILEPATH,
         columns=[
             "collection_id",
             "PatientID",
@@ -125,6 +115,16 @@ def read_idc_index(collections: Sequence[str]) -> pd.DataFrame:
         ],
         filters=[("Modality", "==", "SM")],
     )
+
+
+def idc_collections() -> list[str]:
+    """The collections of the installed index that hold slides."""
+    return sorted(_slide_series()["collection_id"].unique())
+
+
+def read_idc_index(collections: Sequence[str]) -> pd.DataFrame:
+    """IDC's slide-microscopy series of ``collections``, from the installed index."""
+    index = _slide_series()
     known = set(index["collection_id"])
     unknown = [collection for collection in collections if collection not in known]
     if unknown:
