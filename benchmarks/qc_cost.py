@@ -26,7 +26,7 @@ import logging
 from pathlib import Path
 
 import torch
-from timing import best_of, build_he_pyramid, write_table
+from timing import TCGA_SIDE_PX, best_of, tcga_sized_pyramid, write_table
 
 from hespotex.config import parse_config
 from hespotex.encoder.build import load_encoder
@@ -39,8 +39,6 @@ from hespotex.paths import SlidePaths
 from hespotex.stages.tiles import run_tiles
 from hespotex.stages.tissue import run_tissue
 
-SIDE_PX = 30000
-MARGIN_PX = 1000
 REPEATS = 2
 QC_OFF = {"ink": {"action": "off"}, "fold": {"action": "off"}, "blur": {"action": "off"}}
 
@@ -52,9 +50,7 @@ def main() -> None:
     args = parser.parse_args()
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    pyramid = work / "tcga-sized.tif"
-    if not pyramid.exists():
-        build_he_pyramid(pyramid, SIDE_PX, MARGIN_PX)
+    pyramid = tcga_sized_pyramid(work)
     configs = {
         name: parse_config(
             {
@@ -102,7 +98,7 @@ def main() -> None:
     reading = seconds["features: reading the patches"]
     encoding = seconds["features: EfficientNet-Lite0 on this CPU"]
     rows = [
-        f"{len(spots):,} spots on a {SIDE_PX:,} px square pyramid at 0.5 µm/px, "
+        f"{len(spots):,} spots on a {TCGA_SIDE_PX:,} px square pyramid at 0.5 µm/px, "
         f"{torch.get_num_threads()} threads",
         "",
         "| step | seconds |",

@@ -17,12 +17,11 @@ prints a Markdown table (also written to <work>/table.md).
 from __future__ import annotations
 
 import argparse
-import socket
 import threading
 import time
 from pathlib import Path
 
-from timing import write_table
+from timing import free_port, write_table
 
 from hespotex.config import SampleRow, parse_config
 from hespotex.pipeline.engine import Outcome, run_batch
@@ -31,12 +30,6 @@ from hespotex.stage_table import JOBS
 REPO = Path(__file__).resolve().parents[1]
 SLIDES = 20
 BUCKET = "staging-benchmark"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class HighWater(threading.Thread):

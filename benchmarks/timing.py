@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -86,6 +87,26 @@ def build_he_pyramid(path: Path, side: int, margin: int, tile_png: Path | None =
         :inner, :inner
     ]
     write_pyramid_tiff(path, image, 0.5)
+
+
+# A TCGA-sized slide: a 20x scan of 15 × 15 mm at 0.5 µm/px, tissue to within 0.5 mm of the edge.
+TCGA_SIDE_PX = 30000
+TCGA_MARGIN_PX = 1000
+
+
+def tcga_sized_pyramid(work: Path) -> Path:
+    """``<work>/tcga-sized.tif``, built once (``build_he_pyramid``), shared by benchmarks."""
+    path = work / "tcga-sized.tif"
+    if not path.exists():
+        build_he_pyramid(path, TCGA_SIDE_PX, TCGA_MARGIN_PX)
+    return path
+
+
+def free_port() -> int:
+    """A port free on localhost now, for a server a benchmark starts."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def best_of(function, repeats: int) -> float:

@@ -23,7 +23,6 @@ import argparse
 import http.client
 import math
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from timing import build_he_pyramid, write_table
+from timing import free_port, tcga_sized_pyramid, write_table
 
 from hespotex.config import read_sample_sheet
 
@@ -39,16 +38,9 @@ REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 HESPOTEX = str(REPO / ".venv" / "bin" / "hespotex")
 DEMO_SLIDES = ("demo-her2st-c3-40x", "CMU-1-svs", "CMU-1-dicom", "OS-1-ome")
-TCGA_SIDE_PX = 30000
 VIEW_PX = (1280, 800)
 TILE_PX = 254
 REPEATS = 3
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def start_viewer(config: Path, port: int) -> subprocess.Popen:
@@ -142,9 +134,7 @@ def main() -> None:
     args = parser.parse_args()
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    pyramid = work / "tcga-sized.tif"
-    if not pyramid.exists():
-        build_he_pyramid(pyramid, TCGA_SIDE_PX, 1000)
+    pyramid = tcga_sized_pyramid(work)
     demo = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
     sheet_rows = (REPO / demo["samples"]).read_text().splitlines()
     sheet = work / "samples.tsv"
