@@ -45,7 +45,8 @@ def checkpoint_with_genes(path: Path, n_genes: int) -> None:
 
     from hespotex.config import EncoderConfig
     from hespotex.encoder.identity import encoder_identity
-    from hespotex.network.checkpoint import CheckpointMeta, save_checkpoint
+    from hespotex.network.checkpoint import Checkpoint, CheckpointMeta, save_checkpoint
+    from hespotex.network.probe import LinearProbe
     from hespotex.network.streams import ImageStream
 
     torch.manual_seed(0)
@@ -58,12 +59,14 @@ def checkpoint_with_genes(path: Path, n_genes: int) -> None:
         patch_px=224,
         patch_mpp=0.5,
         trained_on=["none"],
+        probe_components=8,
     )
     model = ImageStream(meta.shape)
+    probe = LinearProbe(meta.encoder.feature_dim, meta.probe_components, n_genes)
     # log1p CPM levels of a real panel: most genes low, some high.
     levels = np.random.default_rng(0).gamma(2.0, 1.5, (8, n_genes))
     model.start_from_mean(torch.from_numpy(levels).float())
-    save_checkpoint(path, model, meta)
+    save_checkpoint(path, Checkpoint(model, probe, meta))
 
 
 def storage_options(x: np.ndarray) -> dict[str, tuple[np.ndarray, dict]]:

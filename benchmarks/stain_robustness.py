@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from hespotex.config import StainNormalisation, load_config
+from hespotex.config import ServedModel, StainNormalisation, load_config
 from hespotex.encoder.build import load_encoder
 from hespotex.encoder.devices import pick_device
 from hespotex.encoder.runners import TorchRunner
@@ -152,7 +152,7 @@ def run(work: Path, methods: list[StainNormalisation], seeds: list[int]) -> pd.D
                 seeded = method_config.model_copy(
                     update={"training": config.training.model_copy(update={"seed": seed})}
                 )
-                model, meta = fit(
+                checkpoint = fit(
                     encoded[: len(fitted_on)],
                     validation,
                     seeded,
@@ -161,7 +161,10 @@ def run(work: Path, methods: list[StainNormalisation], seeds: list[int]) -> pd.D
                     stain=stain,
                 )
                 for variant, test_section in test_encoded.items():
-                    summary = summarise(evaluate_encoded(model, meta, [test_section], None)[0])
+                    table, _ = evaluate_encoded(
+                        checkpoint, [test_section], None, ServedModel.HESPOTEX
+                    )
+                    summary = summarise(table[table["model"] == ServedModel.HESPOTEX.value])
                     rows.append(
                         {
                             "normalisation": method.value,
@@ -169,8 +172,8 @@ def run(work: Path, methods: list[StainNormalisation], seeds: list[int]) -> pd.D
                             "seed": seed,
                             "variant": variant,
                             "pearson_all": summary["pearson_all"],
-                            "pearson_top_hvg": summary["pearson_top_hvg"],
-                            "chosen_epoch": meta.training["chosen_epoch"],
+                            "pearson_top_variance": summary["pearson_top_variance"],
+                            "chosen_epoch": checkpoint.meta.training["chosen_epoch"],
                         }
                     )
             fold = pd.DataFrame(rows).query("normalisation == @method.value and test == @test")

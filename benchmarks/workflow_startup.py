@@ -46,7 +46,8 @@ include: "{snakefile}"
 def small_checkpoint(path: Path, encoder: dict, genes: list[str]) -> None:
     from hespotex.config import EncoderConfig
     from hespotex.encoder.identity import encoder_identity
-    from hespotex.network.checkpoint import CheckpointMeta, save_checkpoint
+    from hespotex.network.checkpoint import Checkpoint, CheckpointMeta, save_checkpoint
+    from hespotex.network.probe import LinearProbe
     from hespotex.network.streams import ImageStream
 
     identity = encoder_identity(EncoderConfig.model_validate(encoder))
@@ -59,8 +60,10 @@ def small_checkpoint(path: Path, encoder: dict, genes: list[str]) -> None:
         patch_px=224,
         patch_mpp=0.5,
         trained_on=["none"],
+        probe_components=8,
     )
-    save_checkpoint(path, ImageStream(meta.shape), meta)
+    probe = LinearProbe(identity.feature_dim, meta.probe_components, len(genes))
+    save_checkpoint(path, Checkpoint(ImageStream(meta.shape), probe, meta))
 
 
 def schemas(work: Path) -> tuple[Path, Path]:

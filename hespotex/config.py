@@ -346,6 +346,13 @@ class GraphConfig(_Section):
     k: int = Field(4, ge=1, le=64, description="nearest neighbours per spot (made undirected)")
 
 
+class ServedModel(StrEnum):
+    HESPOTEX = "hespotex"
+    PROBE = "probe"
+    ENSEMBLE = "ensemble"
+    BEST = "best"
+
+
 class DecodeConfig(_Section):
     checkpoint: Path | None = Field(None, description="HESpotEx checkpoint from `hespotex train`")
     spot_chunk: int | None = Field(
@@ -355,6 +362,13 @@ class DecodeConfig(_Section):
         "chunk's activations near 256 MB (fewer for a large gene panel)",
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    serve: ServedModel = Field(
+        ServedModel.BEST,
+        description="what each gene's map is: hespotex (the image stream), probe (the linear "
+        "probe the checkpoint carries), ensemble (their mean), or best (per gene, whichever "
+        "of the three scored best on held-out spots: cv_pearson if the checkpoint has it, else "
+        "the validation section's)",
+    )
 
 
 class GeneSelection(StrEnum):
@@ -374,6 +388,14 @@ class LibrarySize(StrEnum):
     SELECTED_GENES = "selected_genes"  # the counts of the predicted genes only (the authors')
 
 
+TOP_VARIANCE_GENES = 50
+# The genes a breast-cancer user looks at first: immunoglobulins (plasma cells), collagens and
+# stroma, epithelium and tumour (HER2 amplicon: ERBB2, GRB7).
+BREAST_MARKERS = (
+    "IGKC", "IGHG1", "IGLC2", "JCHAIN", "COL1A1", "COL3A1", "FN1", "POSTN", "MGP",
+    "EPCAM", "CDH1", "KRT81", "CD24", "ERBB2", "GRB7", "SCGB2A2", "CEACAM6",
+)  # fmt: skip
+
 TRAINING_PRESETS: dict[str, dict[str, Any]] = {
     # The authors' code (docs/method.md): no dropout, a fixed 50 image-stream epochs (the epoch
     # is still chosen on the validation section, never on the test one), 500 autoencoder
@@ -381,7 +403,8 @@ TRAINING_PRESETS: dict[str, dict[str, Any]] = {
     # over the selected genes.
     "paper": {"dropout": 0.0, "feature_dropout": 0.0, "lr": 1e-3, "weight_decay": 1e-3,
               "epochs": 50, "patience": 50, "gate_epochs": 500, "gate_k": 7, "n_genes": 1000,
-              "library_size": "selected_genes", "weight_average": 0.0},
+              "library_size": "selected_genes", "weight_average": 0.0, "feature_components": 0,
+              "linear_path": False},
     # What HER2ST-sized sections need (DESIGN.md §1; benchmarks/RESULTS.md, the variants
     # tried): heavy dropout on the features and heads and weight decay (a few hundred spots per
     # section, 1280-d features), a smaller step, the weights averaged over epochs, early
@@ -413,6 +436,18 @@ class TrainingConfig(_Section):
         description="genes predicted whether or not they are chosen (genes of interest: "
         "outputs.genes, say); each must be in every section",
     )
+    top_variance_genes: int = Field(
+        TOP_VARIANCE_GENES,
+        ge=0,
+        description="this many genes of highest variance of log1p CPM over the training "
+        "sections' spots pooled are predicted too, and scored as a gene set of their own",
+    )
+    marker_genes: list[str] = Field(
+        default_factory=lambda: list(BREAST_MARKERS),
+        description="a marker panel predicted too (those every section has) and scored as a "
+        "gene set of its own; the default is breast's: immunoglobulins, stroma, epithelium and "
+        "tumour",
+    )
     min_cells: int = Field(
         1,
         ge=0,
@@ -443,6 +478,18 @@ class TrainingConfig(_Section):
     dropout: float = Field(0.7, ge=0, lt=1, description="dropout in the latent and gene heads")
     feature_dropout: float = Field(
         0.9, ge=0, lt=1, description="dropout on the encoder features entering the latent head"
+    )
+    feature_components: int = Field(
+        0,
+        ge=0,
+        description="if above 0, the image stream reads this many whitened principal "
+        "components of the standardised features (the probe's, fitted on the training "
+        "sections) instead of the features",
+    )
+    linear_path: bool = Field(
+        False,
+        description="add a linear path from the image stream's input to the genes, started at "
+        "the linear probe's solution: the heads and graph decoder learn what it misses",
     )
     weight_average: float = Field(
         0.9,

@@ -148,9 +148,9 @@ def trained_checkpoint(tmp_path_factory, demo_sections) -> Path:
             },
         }
     )
-    model, meta = train(read_sections_sheet(demo_sections), "b4-right", config)
+    trained = train(read_sections_sheet(demo_sections), "b4-right", config)
     checkpoint = folder / "model.safetensors"
-    save_checkpoint(checkpoint, model, meta)
+    save_checkpoint(checkpoint, trained)
     return checkpoint
 
 

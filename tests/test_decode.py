@@ -8,13 +8,20 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import SVS, TEST_ENCODER
 
-from hespotex.config import parse_config
+from hespotex.config import ServedModel, parse_config
 from hespotex.errors import CheckpointError, ConfigError, EncoderMismatchError, InputDataError
 from hespotex.io.slide import open_slide
-from hespotex.io.stores import read_graph_store
-from hespotex.network.checkpoint import load_checkpoint, read_checkpoint_meta
+from hespotex.io.stores import read_feature_store, read_graph_store
+from hespotex.network.checkpoint import (
+    SERVABLE,
+    load_checkpoint,
+    read_checkpoint_meta,
+    score_name,
+)
+from hespotex.network.serving import served_prediction
 from hespotex.paths import SlidePaths
 from hespotex.pipeline.preflight import check_run
 from hespotex.stages.decode import run_decode
@@ -33,8 +40,8 @@ def test_checkpoint_carries_genes_encoder_and_normalisation(trained_checkpoint):
     assert meta.graph_k == 4 and meta.latent_dim == 64
     assert meta.trained_on == ["b4-left"]
     assert meta.training["validation_section"] == "b4-right"
-    model, _ = load_checkpoint(trained_checkpoint)
-    assert model.shape.n_genes == 32
+    model, probe, _ = load_checkpoint(trained_checkpoint)
+    assert model.shape.n_genes == 32 and probe.linear.out_features == 32
     scores = dict(zip(meta.genes, meta.gene_scores["validation_pearson"], strict=True))
     assert "b4-right" in meta.gene_score_sources["validation_pearson"]
     planted = [scores[gene] for gene in meta.genes if gene.startswith("PLANTED")]
@@ -75,12 +82,35 @@ def test_expression_h5ad_has_what_scanpy_and_squidpy_need(decoded):
     assert "b4-right" in adata.uns["hespotex"]["gene_scores"]["validation_pearson"]
 
 
+def test_each_gene_is_served_by_the_model_its_validation_scores_say(decoded):
+    """decode.serve: best (the default) takes each gene's column from the model with the
+    highest validation Pearson, and says which in ``var``."""
+    config, paths = decoded
+    adata = ad.read_h5ad(paths.expression)
+    model, probe, meta = load_checkpoint(config.decode.checkpoint)
+    served = meta.served_models(ServedModel.BEST, config.decode.checkpoint)
+    assert adata.var["served_model"].tolist() == [name.value for name in served]
+    scores = {name: meta.gene_scores[score_name(name, "validation_pearson")] for name in SERVABLE}
+    for index, name in enumerate(served):
+        assert scores[name][index] == max(values[index] for values in scores.values())
+        assert adata.var["served_pearson"].iloc[index] == pytest.approx(scores[name][index])
+    assert len(set(served)) > 1
+    features = torch.from_numpy(read_feature_store(paths.features).features)
+    edges = torch.from_numpy(read_graph_store(paths.graph)[0])
+    expected = served_prediction(
+        model.predict(features, edges).numpy(), probe.predict(features), served
+    )
+    assert np.allclose(adata.X, expected, atol=1 / 1024)
+    assert adata.uns["hespotex"]["served"] == "best"
+
+
 def test_min_gene_pearson_keeps_the_trusted_genes_and_preflight_names_the_dropped(
     decoded, tmp_path
 ):
     config, paths = decoded
     meta = read_checkpoint_meta(config.decode.checkpoint)
-    scores = dict(zip(meta.genes, meta.gene_scores["validation_pearson"], strict=True))
+    served = meta.served_scores(meta.served_models(ServedModel.BEST, "checkpoint"))
+    scores = dict(zip(meta.genes, served, strict=True))
     threshold = float(np.median(list(scores.values())))
     strict = config.model_copy(
         update={
@@ -96,7 +126,7 @@ def test_min_gene_pearson_keeps_the_trusted_genes_and_preflight_names_the_droppe
     run_decode("svs", strict)
     kept = ad.read_h5ad(strict_paths.expression)
     assert list(kept.var_names) == [gene for gene in meta.genes if scores[gene] >= threshold]
-    assert (kept.var["validation_pearson"] >= threshold).all() and 0 < kept.n_vars < 32
+    assert (kept.var["served_pearson"] >= threshold).all() and 0 < kept.n_vars < 32
     everything = ad.read_h5ad(paths.expression)
     assert np.allclose(kept.X, everything[:, kept.var_names].X)
     assert kept.uns["hespotex"]["min_gene_pearson"] == threshold
@@ -112,7 +142,7 @@ def test_min_gene_pearson_keeps_the_trusted_genes_and_preflight_names_the_droppe
     with pytest.raises(ConfigError, match=f"{weakest} left out by outputs.min_gene_pearson"):
         check_run(parse_config(wanting))
     with pytest.raises(ConfigError, match="leaves no gene"):
-        meta.genes_kept(0.999, config.decode.checkpoint)
+        meta.genes_kept(0.999, ServedModel.BEST, config.decode.checkpoint)
 
 
 def test_crossval_scores_travel_into_the_checkpoint_only_from_the_same_encoder(
@@ -128,9 +158,9 @@ def test_crossval_scores_travel_into_the_checkpoint_only_from_the_same_encoder(
         {"section": section, "gene": gene, "pearson": value, "model": model, "seed": 0}
         for section, values in (("a", (0.2, 0.4, np.nan)), ("b", (0.4, 0.0, np.nan)))
         for gene, value in zip(genes, values, strict=True)
-        for model in ("hespotex", "ridge")
+        for model in ("hespotex", "probe")
     ]
-    rows.append({"section": "a", "gene": genes[0], "pearson": -0.9, "model": "ridge", "seed": 1})
+    rows.append({"section": "a", "gene": genes[0], "pearson": -0.9, "model": "probe", "seed": 1})
     pd.DataFrame(rows).to_csv(run / "genes.tsv", sep="\t", index=False)
     (run / "summary.json").write_text(
         json.dumps({"encoder_identity": meta.encoder.model_dump(mode="json")})
@@ -140,8 +170,12 @@ def test_crossval_scores_travel_into_the_checkpoint_only_from_the_same_encoder(
     assert cv[genes[0]] == pytest.approx(0.3) and cv[genes[1]] == pytest.approx(0.2)
     assert cv[genes[2]] is None and cv[meta.genes[5]] is None
     assert "2 sections × 1 seeds" in scored.gene_score_sources["cv_pearson"]
+    probe_cv = dict(zip(scored.genes, scored.gene_scores["probe_cv_pearson"], strict=True))
+    assert probe_cv[genes[0]] == pytest.approx((0.2 + 0.4 - 0.9) / 3)
+    assert "ensemble_cv_pearson" not in scored.gene_scores
     assert scored.trusted_score() == "cv_pearson"
-    assert scored.genes_kept(0.25, "ckpt") == [genes[0]]
+    assert scored.genes_kept(0.25, ServedModel.HESPOTEX, "ckpt") == [genes[0]]
+    assert scored.served_models(ServedModel.BEST, "ckpt")[:2] == [ServedModel.HESPOTEX] * 2
     other = meta.encoder.model_copy(update={"weights_sha256": "f" * 64})
     (run / "summary.json").write_text(
         json.dumps({"encoder_identity": other.model_dump(mode="json")})
@@ -240,16 +274,19 @@ def test_a_checkpoint_scaled_by_nucleus_counts_decodes_with_the_features_stage_c
     """The features stage counts nuclei when the checkpoint asks for it; decode multiplies by
     the authors' factor (counts clipped to 1..20, over the slide's largest, plus 1), and refuses
     a store written for a checkpoint without them."""
-    from hespotex.io.stores import read_feature_store
-    from hespotex.network.checkpoint import save_checkpoint
+    from hespotex.network.checkpoint import Checkpoint, save_checkpoint
 
-    model, meta = load_checkpoint(trained_checkpoint)
+    model, probe, meta = load_checkpoint(trained_checkpoint)
     scaled = tmp_path / "scaled.safetensors"
-    save_checkpoint(scaled, model, meta.model_copy(update={"nucleus_counter": "hematoxylin"}))
+    save_checkpoint(
+        scaled,
+        Checkpoint(model, probe, meta.model_copy(update={"nucleus_counter": "hematoxylin"})),
+    )
     _, unscaled_paths = decoded
     settings = {"encoder": TEST_ENCODER, "results": str(tmp_path / "results")}
     unscaled_config = parse_config({**settings, "decode": {"checkpoint": str(trained_checkpoint)}})
-    config = parse_config({**settings, "decode": {"checkpoint": str(scaled)}})
+    # The factor is HESpotEx's (the probe is unscaled, as it was scored): served alone here.
+    config = parse_config({**settings, "decode": {"checkpoint": str(scaled), "serve": "hespotex"}})
     paths = SlidePaths(config.results, "svs")
     with open_slide(SVS, "svs") as slide:
         run_tissue(slide, "svs", config)
@@ -266,8 +303,10 @@ def test_a_checkpoint_scaled_by_nucleus_counts_decodes_with_the_features_stage_c
     counts = store.nucleus_counts
     assert counts.shape == (len(store.features),) and counts.max() > 1
     assert np.array_equal(counts, np.round(counts)) and counts.min() >= 0
-    unscaled = ad.read_h5ad(unscaled_paths.expression).X
-    predicted = ad.read_h5ad(paths.expression).X
+    unscaled_adata = ad.read_h5ad(unscaled_paths.expression)
+    hespotex_genes = (unscaled_adata.var["served_model"] == "hespotex").to_numpy()
+    unscaled = unscaled_adata.X[:, hespotex_genes]
+    predicted = ad.read_h5ad(paths.expression).X[:, hespotex_genes]
     clipped = np.clip(counts, 1, 20)
     factor = clipped / clipped.max() + 1
     # Both maps are rounded to outputs.expression_step: the unscaled one's rounding error is

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -9,6 +10,7 @@ from conftest import SHARED_DATA, TEST_ENCODER
 from PIL import Image
 
 from hespotex.cli.main import main
+from hespotex.evaluation.crossval import CHOICES
 
 
 def test_evaluate_scores_a_held_out_section_writing_genes_summary_and_maps(
@@ -22,14 +24,17 @@ def test_evaluate_scores_a_held_out_section_writing_genes_summary_and_maps(
     out = tmp_path / "evaluation"
     status = main(
         ["evaluate", "--checkpoint", str(trained_checkpoint), "--sections", str(sheet),
-         "--config", str(config), "--out", str(out), "--top-genes", "5"]
+         "--config", str(config), "--out", str(out)]
     )  # fmt: skip
     assert status == 0
-    genes = pd.read_csv(out / "genes.tsv", sep="\t")
+    table = pd.read_csv(out / "genes.tsv", sep="\t")
+    assert set(table["model"]) == {"hespotex", "probe", "ensemble", "best"}
+    genes = table[table["model"] == "best"]
     assert len(genes) == 32 and set(genes["section"]) == {"c3"}
-    assert genes["top_hvg"].sum() == 5
-    assert genes["pearson"].between(-1, 1).all() and (genes["mse"] >= 0).all()
+    assert genes["in_top_variance"].sum() == 32 and not genes["in_markers"].any()
+    assert table["pearson"].between(-1, 1).all() and (table["mse"] >= 0).all()
     summary = json.loads((out / "summary.json").read_text())["sections"]["c3"]
+    assert summary["served"] == "best"
     assert summary["pearson_all"] == pytest.approx(genes["pearson"].mean())
     assert summary["n_genes"] == 32 and summary["n_spots"] == len(
         pd.read_csv(sheet.parent / "c3.spots.tsv", sep="\t")
@@ -56,24 +61,34 @@ def test_evaluate_refuses_a_checkpoint_of_another_encoder(
     assert not (tmp_path / "out" / "genes.tsv").exists()
 
 
-@pytest.mark.parametrize("stain", ["none", "macenko"])
-def test_crossval_writes_folds_and_mean_sd_over_seeds(tmp_path, stain):
-    """Three sections cut from the real xfuse ST section (left, middle, right third); with
-    stain normalisation each fold is normalised to its own training section's stain."""
+def xfuse_thirds(folder, shuffle_right: bool = False):
+    """Three sections cut from the real xfuse ST section (left, middle, right third); the
+    right one's expression optionally shuffled between its spots."""
     xfuse = SHARED_DATA / "xfuse-mob-st"
     counts = pd.read_csv(xfuse / "counts.tsv", sep="\t", index_col=0)
     spots = pd.read_csv(xfuse / "spots.tsv", sep="\t")
     spots.index = spots["x"].astype(str) + "x" + spots["y"].astype(str)
     spots = spots.loc[counts.index]
     thirds = pd.qcut(spots["pixel_x"], 3, labels=["left", "middle", "right"])
+    folder.mkdir(parents=True, exist_ok=True)
     rows = ["section_id\timage\tcounts\tspots\tmpp"]
     for name in ("left", "middle", "right"):
         keep = (thirds == name).to_numpy()
-        counts[keep].to_csv(tmp_path / f"{name}.counts.tsv", sep="\t")
-        spots[keep].to_csv(tmp_path / f"{name}.spots.tsv", sep="\t", index=False)
+        section_counts = counts[keep]
+        if shuffle_right and name == "right":
+            order = np.random.default_rng(0).permutation(len(section_counts))
+            section_counts = pd.DataFrame(
+                section_counts.to_numpy()[order], section_counts.index, section_counts.columns
+            )
+        section_counts.to_csv(folder / f"{name}.counts.tsv", sep="\t")
+        spots[keep].to_csv(folder / f"{name}.spots.tsv", sep="\t", index=False)
         rows.append(f"{name}\t{xfuse / 'image.jpg'}\t{name}.counts.tsv\t{name}.spots.tsv\t6.9")
-    (tmp_path / "sections.tsv").write_text("\n".join(rows) + "\n")
-    config = tmp_path / "config.yaml"
+    (folder / "sections.tsv").write_text("\n".join(rows) + "\n")
+    return folder / "sections.tsv"
+
+
+def crossval_config(folder, stain: str = "none", **training):
+    config = folder / "config.yaml"
     config.write_text(
         yaml.safe_dump(
             {
@@ -81,26 +96,71 @@ def test_crossval_writes_folds_and_mean_sd_over_seeds(tmp_path, stain):
                 "features": {"patch_px": 16, "patch_mpp": 7.0, "device": "cpu"},
                 "stain": {"normalisation": stain},
                 "training": {"gate_epochs": 10, "epochs": 5, "min_spot_counts": 0,
-                             "gene_selection": "shared"},
+                             "gene_selection": "shared", **training},
             }
         )
     )  # fmt: skip
+    return config
+
+
+@pytest.mark.parametrize("stain", ["none", "macenko"])
+def test_crossval_writes_folds_and_mean_sd_over_seeds_for_each_model_and_gene_set(tmp_path, stain):
+    """With stain normalisation each fold is normalised to its own training section's stain."""
+    sheet = xfuse_thirds(tmp_path)
+    config = crossval_config(
+        tmp_path, stain, top_variance_genes=4, marker_genes=["Apoe", "Calm1", "NOT_A_GENE"]
+    )
     out = tmp_path / "cv"
     status = main(
-        ["crossval", "--sections", str(tmp_path / "sections.tsv"), "--config", str(config),
-         "--out", str(out), "--seeds", "0", "1", "--top-genes", "4"]
+        ["crossval", "--sections", str(sheet), "--config", str(config),
+         "--out", str(out), "--seeds", "0", "1"]
     )  # fmt: skip
     assert status == 0
     folds = pd.read_csv(out / "folds.tsv", sep="\t")
     assert len(folds) == 6 and set(folds["test"]) == {"left", "middle", "right"}
     assert (folds["test"] != folds["validation"]).all()
-    assert folds["n_genes"].eq(10).all()
+    assert folds["n_all"].eq(10).all() and folds["n_top_variance"].eq(4).all()
+    assert folds["n_markers"].eq(2).all()
+    served = folds[["served_hespotex", "served_probe", "served_ensemble"]].sum(axis=1)
+    assert served.eq(10).all()
     genes = pd.read_csv(out / "genes.tsv", sep="\t")
-    assert set(genes["model"]) == {"hespotex", "ridge"} and len(genes) == 6 * 2 * 10
+    assert set(genes["model"]) == {"hespotex", "probe", "ensemble", "best"}
+    assert len(genes) == 6 * 4 * 10
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["stain_normalisation"] == stain
-    per_seed = folds.groupby("seed")["hespotex_pearson_all"].mean()
-    assert summary["overall"]["hespotex_pearson_all"]["mean"] == pytest.approx(per_seed.mean())
-    assert summary["overall"]["hespotex_pearson_all"]["sd"] == pytest.approx(per_seed.std())
-    table = (out / "summary.md").read_text().splitlines()
-    assert len(table) == 2 + 3 + 1 and "ridge pearson_top_hvg" in table[0]
+    assert summary["stain_normalisation"] == stain and summary["served_by_default"] == "best"
+    for test, sets in summary["genes_by_test_section"].items():
+        assert len(sets["top_variance"]) == 4 and set(sets["top_variance"]) <= set(sets["genes"])
+        assert sets["markers"] == ["Apoe", "Calm1"], test
+    per_seed = folds.groupby("seed")["hespotex_all"].mean()
+    assert summary["overall"]["hespotex_all"]["mean"] == pytest.approx(per_seed.mean())
+    assert summary["overall"]["hespotex_all"]["sd"] == pytest.approx(per_seed.std())
+    lead = (folds["best_markers"] - folds["probe_markers"]).groupby(folds["seed"]).mean()
+    assert summary["overall"]["lead_best_markers"]["mean"] == pytest.approx(lead.mean())
+    table = (out / "summary.md").read_text()
+    for gene_set in ("all", "top_variance", "markers"):
+        assert f"**{gene_set}**" in table
+    assert table.count("| **mean over folds** |") == 3
+
+
+def test_no_choice_of_a_fold_depends_on_its_test_section(tmp_path):
+    """The right third's expression shuffled between its spots changes its scores as a test
+    section, and not one choice of the fold testing it: genes, gene sets, epoch, ridge
+    strength, model served per gene."""
+    runs = {}
+    for shuffled in (False, True):
+        folder = tmp_path / ("shuffled" if shuffled else "as-measured")
+        sheet = xfuse_thirds(folder, shuffle_right=shuffled)
+        config = crossval_config(folder, top_variance_genes=4, epochs=8, patience=8)
+        status = main(
+            ["crossval", "--sections", str(sheet), "--config", str(config),
+             "--out", str(folder / "cv"), "--seeds", "0"]
+        )  # fmt: skip
+        assert status == 0
+        folds = pd.read_csv(folder / "cv" / "folds.tsv", sep="\t").set_index("test")
+        summary = json.loads((folder / "cv" / "summary.json").read_text())
+        runs[shuffled] = folds, summary["genes_by_test_section"]
+    (before, before_sets), (after, after_sets) = runs[False], runs[True]
+    assert before_sets["right"] == after_sets["right"]
+    assert before.loc["right", list(CHOICES)].equals(after.loc["right", list(CHOICES)])
+    assert not np.isclose(before.loc["right", "hespotex_all"], after.loc["right", "hespotex_all"])
+    assert not np.isclose(before.loc["right", "probe_all"], after.loc["right", "probe_all"])

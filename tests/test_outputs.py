@@ -130,6 +130,10 @@ def test_heatmap_titles_say_how_far_each_gene_is_trusted():
     assert gene_trust(var, "ERBB2") == " (cv r = 0.31, validation r = 0.46)"
     assert gene_trust(var, "NOISE_01") == ""
     assert gene_trust(pd.DataFrame(index=["ERBB2"]), "ERBB2") == ""
+    var["served_model"] = ["probe", "hespotex"]
+    var["served_pearson"] = [0.312, np.nan]
+    assert gene_trust(var, "ERBB2") == " (probe, r = 0.31)"
+    assert gene_trust(var, "NOISE_01") == ""
 
 
 def test_qupath_geojson_has_spots_at_true_size_with_expression_and_the_tissue(decoded):

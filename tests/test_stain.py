@@ -149,9 +149,9 @@ def macenko_checkpoint(tmp_path_factory, demo_sections):
             "training": {"gate_epochs": 10, "epochs": 6, "patience": 3},
         }
     )
-    model, meta = train(read_sections_sheet(demo_sections), "b4-right", config)
+    trained = train(read_sections_sheet(demo_sections), "b4-right", config)
     checkpoint = tmp_path_factory.mktemp("macenko") / "macenko.safetensors"
-    save_checkpoint(checkpoint, model, meta)
+    save_checkpoint(checkpoint, trained)
     return checkpoint
 
 

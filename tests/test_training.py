@@ -10,22 +10,21 @@ import torch
 from conftest import SHARED_DATA
 from scipy import sparse
 
-from hespotex.config import LibrarySize, parse_config
+from hespotex.config import LibrarySize, ServedModel, parse_config
 from hespotex.demo.builder import HER2ST_MPP, her2st_image, patch_statistics, read_image
 from hespotex.encoder.build import load_encoder
 from hespotex.encoder.runners import TorchRunner
 from hespotex.errors import InputDataError
-from hespotex.evaluation.crossval import ridge_scores
 from hespotex.evaluation.evaluate import evaluate_encoded
-from hespotex.evaluation.probe import fit_ridge_probe
 from hespotex.io.backends import ArraySlide
 from hespotex.io.sections import Section, SectionSource, load_section
 from hespotex.io.slide import Slide
 from hespotex.metrics import pearson_per_gene
+from hespotex.network.probe import fit_probe
 from hespotex.network.spot_graph import knn_edges
 from hespotex.training.data import encode_sections
 from hespotex.training.fit import fit
-from hespotex.training.genes import select_genes
+from hespotex.training.genes import gene_sets, select_genes
 
 PLANTED = ("PLANTED_NUCLEI", "PLANTED_STROMA", "PLANTED_DENSE")
 N_NOISE = 4
@@ -103,17 +102,19 @@ def test_planted_genes_are_recovered_on_a_held_out_section_above_the_ridge_probe
     runner = TorchRunner(load_encoder(config.encoder), torch.device("cpu"))
     encoded = {item.section_id: item for item in encode_sections(planted_sections, config, runner)}
     *training, validation, test = SECTIONS
-    model, meta = fit(
+    checkpoint = fit(
         [encoded[name] for name in (*training, validation)],
         validation,
         config,
         runner.identity,
     )
+    meta = checkpoint.meta
     assert meta.trained_on == training and meta.training["chosen_epoch"] >= 1
-    scores, _ = evaluate_encoded(model, meta, [encoded[test]], None)
-    ridge = ridge_scores(encoded, meta.genes, test, validation, list(training), 50)
-    by_gene = scores.set_index("gene")["pearson"]
-    ridge_by_gene = ridge.set_index("gene")["pearson"]
+    scores, _ = evaluate_encoded(checkpoint, [encoded[test]], None, ServedModel.HESPOTEX)
+    by_model = {
+        model: table.set_index("gene")["pearson"] for model, table in scores.groupby("model")
+    }
+    by_gene, ridge_by_gene = by_model["hespotex"], by_model["probe"]
     planted = by_gene[list(PLANTED)]
     noise = by_gene[[gene for gene in meta.genes if gene.startswith("NOISE")]]
     assert planted.mean() >= 0.8, planted
@@ -147,7 +148,7 @@ def test_training_in_blocks_resumes_where_it_was_interrupted(
     runner = TorchRunner(load_encoder(config.encoder), torch.device("cpu"))
     encoded = encode_sections(planted_sections[1:], config, runner)
     record = runner.identity
-    uninterrupted, _ = fit(encoded, "C4", config, record)
+    uninterrupted, _, _ = fit(encoded, "C4", config, record)
     resume = tmp_path / "model.safetensors.resume.pt"
     original_epoch = fitting.image_stream_epoch
     calls = []
@@ -164,7 +165,7 @@ def test_training_in_blocks_resumes_where_it_was_interrupted(
     assert resume.is_file()
     assert torch.load(resume, weights_only=True)["epoch"] == 5
     monkeypatch.setattr(fitting, "image_stream_epoch", original_epoch)
-    resumed, meta = fit(encoded, "C4", config, record, resume)
+    resumed, _, meta = fit(encoded, "C4", config, record, resume)
     assert not resume.exists()
     assert meta.training["epochs_run"] == 12
     for name, tensor in uninterrupted.state_dict().items():
@@ -195,7 +196,7 @@ def test_hvg_union_is_depth_aware_and_logged(caplog):
                 rng.uniform(0, 100, (n, 2)),
             )
         )
-    config = parse_config({**PLANTED_CONFIG, "training": {"n_genes": 5}})
+    config = parse_config({**PLANTED_CONFIG, "training": {"n_genes": 5, "top_variance_genes": 0}})
     with caplog.at_level("INFO", logger="hespotex.training.genes"):
         chosen = select_genes(sections, config.training)
     assert sorted(chosen) == [f"VAR{i}" for i in range(5)]
@@ -221,8 +222,48 @@ def test_genes_come_most_variable_first():
         pd.Index(map(str, range(n_spots))),
         rng.uniform(0, 100, (n_spots, 2)),
     )
-    config = parse_config({**PLANTED_CONFIG, "training": {"n_genes": 8}})
+    config = parse_config({**PLANTED_CONFIG, "training": {"n_genes": 8, "top_variance_genes": 0}})
     assert select_genes([section], config.training) == names[::-1]
+
+
+def test_the_gene_sets_are_the_pooled_top_variance_and_the_marker_panel_present():
+    """top_variance: the genes of highest variance of log1p CPM (over all of a spot's counts)
+    across the training sections' spots pooled, highest first; markers: the panel's genes
+    every section has. Both are predicted whatever their seurat_v3 rank."""
+    rng = np.random.default_rng(7)
+    names = pd.Index([f"G{index}" for index in range(30)])
+
+    def section(name, n_spots, depth):
+        counts = rng.poisson(depth * rng.dirichlet(np.ones(30) * 0.5, n_spots))
+        return Section(
+            name,
+            SHARED_DATA,
+            None,
+            sparse.csr_matrix(counts, dtype=np.float32),
+            names,
+            pd.Index(map(str, range(n_spots))),
+            rng.uniform(0, 100, (n_spots, 2)),
+        )
+
+    sections = [section("a", 200, 2000), section("b", 150, 200)]
+    pooled = []
+    for item in sections:
+        counts = item.counts.toarray()
+        pooled.append(np.log1p(counts / counts.sum(axis=1, keepdims=True) * 1e6))
+    variance = np.concatenate(pooled).var(axis=0)
+    expected = [names[index] for index in np.argsort(-variance)[:4]]
+    config = parse_config(
+        {
+            **PLANTED_CONFIG,
+            "training": {"n_genes": 2, "top_variance_genes": 4,
+                         "marker_genes": ["G29", "G3", "NOT_HERE"]},
+        }
+    )  # fmt: skip
+    sets = gene_sets(sections, config.training, list(names))
+    assert sets == {"top_variance": expected, "markers": ["G29", "G3"]}
+    chosen = select_genes(sections, config.training)
+    assert set(expected) | {"G29", "G3"} <= set(chosen)
+    assert len(chosen) <= 2 * 2 + 4 + 2
 
 
 def test_genes_of_a_real_section_are_chosen_among_its_own():
@@ -234,7 +275,7 @@ def test_genes_of_a_real_section_are_chosen_among_its_own():
         mpp=6.9,
     )
     section = load_section(source)
-    config = parse_config({**PLANTED_CONFIG, "training": {"n_genes": 3}})
+    config = parse_config({**PLANTED_CONFIG, "training": {"n_genes": 3, "top_variance_genes": 0}})
     chosen = select_genes([section], config.training)
     assert len(chosen) == 3 and set(chosen) <= set(section.genes)
 
@@ -351,6 +392,6 @@ def test_pretrained_features_predict_real_marker_genes_of_another_section():
     assert config.encoder.architecture == "efficientnet-lite0-imagenet"
     runner = TorchRunner(load_encoder(config.encoder), torch.device("cpu"))
     train, test = encode_sections(sections, config, runner)
-    probe = fit_ridge_probe([train.features], [train.section.log_expression(markers)], None)
+    probe = fit_probe([train.features], [train.section.log_expression(markers)], None)
     scores = pearson_per_gene(test.section.log_expression(markers), probe.predict(test.features))
     assert scores.min() > 0.2 and scores.mean() > 0.3, dict(zip(markers, scores, strict=True))

@@ -104,8 +104,9 @@ def test_a_slide_answers_its_genes_spots_qc_and_outline(viewer, decoded):
     _, paths = decoded
     adata = ad.read_h5ad(paths.expression)
     info = get_json(viewer, "/api/slides/svs")
-    assert info["spots"] == adata.n_obs and info["score"] == "validation_pearson"
+    assert info["spots"] == adata.n_obs and info["score"] == "served_pearson"
     assert [gene["name"] for gene in info["genes"]] == list(adata.var_names)
+    assert [gene["served_model"] for gene in info["genes"]] == list(adata.var["served_model"])
     assert info["default_gene"] == "PLANTED_HEMATOXYLIN"
     spots = get_json(viewer, "/api/slides/svs/spots?gene=PLANTED_HEMATOXYLIN")
     column = adata.var_names.get_loc("PLANTED_HEMATOXYLIN")

@@ -102,12 +102,13 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     config = _config(args)
     resume = args.out.with_name(args.out.name + ".resume.pt")
-    model, meta = train(read_sections_sheet(args.sections), args.validation, config, resume)
+    checkpoint = train(read_sections_sheet(args.sections), args.validation, config, resume)
+    meta = checkpoint.meta
     if args.gene_scores is not None:
         from hespotex.evaluation.crossval import with_cv_scores
 
         meta = with_cv_scores(meta, args.gene_scores)
-    save_checkpoint(args.out, model, meta)
+    save_checkpoint(args.out, checkpoint._replace(meta=meta))
     logger.info(
         "wrote checkpoint %s: %d genes, trained on %s",
         args.out,
@@ -123,7 +124,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     sources = read_sections_sheet(args.sections)
     if args.section:
         sources = [source for source in sources if source.section_id in set(args.section)]
-    run_evaluate(args.checkpoint, sources, _config(args), args.out, args.top_genes)
+    run_evaluate(args.checkpoint, sources, _config(args), args.out)
     logger.info("wrote %s", args.out)
 
 
@@ -131,9 +132,7 @@ def cmd_crossval(args: argparse.Namespace) -> None:
     from hespotex.evaluation.crossval import run_crossval
     from hespotex.io.sections import read_sections_sheet
 
-    run_crossval(
-        read_sections_sheet(args.sections), _config(args), args.seeds, args.out, args.top_genes
-    )
+    run_crossval(read_sections_sheet(args.sections), _config(args), args.seeds, args.out)
     logger.info("wrote %s", args.out)
 
 
@@ -175,7 +174,6 @@ def _add_scoring(subparsers, name: str, handler, help_text: str) -> argparse.Arg
     parser.add_argument("--sections", type=Path, required=True, help="sections sheet (TSV)")
     parser.add_argument("--config", type=Path, required=True, help="pipeline config YAML")
     parser.add_argument("--out", type=Path, required=True, help="folder for TSV, JSON, PNG")
-    parser.add_argument("--top-genes", type=int, default=50, help="top HVG to average over")
     parser.set_defaults(handler=handler)
     return parser
 
@@ -274,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--gene-scores",
         type=Path,
         help="a `hespotex crossval` output folder (same encoder): each gene's held-out Pearson "
-        "goes into the checkpoint as cv_pearson",
+        "of each model goes into the checkpoint (cv_pearson, probe_cv_pearson, "
+        "ensemble_cv_pearson), and decode.serve: best chooses by them",
     )
     train.set_defaults(handler=cmd_train)
 

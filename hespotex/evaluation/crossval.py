@@ -1,39 +1,43 @@
-"""`hespotex crossval`: leave-one-section-out, HESpotEx against the ridge probe.
+"""`hespotex crossval`: nested leave-one-section-out, HESpotEx against its linear probe.
 
-Each fold holds one section out for testing and trains on the rest, of which one (the next
-section in the sheet after the test one, cyclically) is the validation section that chooses
-HESpotEx's epoch and the probe's ridge strength; genes are chosen on the training sections.
-Both are scored on the held-out section with the same genes, from the same frozen features,
-which are encoded once per section for all folds and seeds; with stain normalisation to the
-training sections' stain (``stain.target: checkpoint``) the target differs per fold, so the
-sections are encoded once per fold, each normalised to that fold's training sections' stain
-as its checkpoint would be. Written: ``folds.tsv`` (one row
-per fold and seed), ``genes.tsv`` (per-gene scores), ``summary.json`` and ``summary.md``
-(per fold and overall, mean ± sd over seeds). ``hespotex train --gene-scores`` copies each
-gene's mean held-out Pearson into the checkpoint it trains (``cv_pearson``).
+Each fold holds one section out for testing; of the others, one (the next section in the
+sheet after the test one, cyclically) is the inner validation section and the rest train.
+Every choice is made without the test section: the genes and gene sets (training sections),
+HESpotEx's epoch, the probe's ridge strength and, for ``best``, the model served per gene
+(validation section). The test section is read only to score. Scored on it with the same
+genes, from the same frozen features: HESpotEx, the probe (HEST-Benchmark's protocol), their
+mean (``ensemble``) and ``best`` per gene, over every predicted gene and over each gene set
+(the genes of highest pooled variance, the marker panel). Features are encoded once per section
+for all folds and seeds; with stain normalisation to the training sections' stain
+(``stain.target: checkpoint``) once per fold, each normalised to that fold's training
+sections' stain as its checkpoint would be. Written: ``folds.tsv`` (one row per fold and seed,
+with its choices), ``genes.tsv`` (per gene and model), ``summary.json`` and ``summary.md`` (per
+gene set, per fold and overall, mean ± sd over seeds). ``hespotex train --gene-scores`` copies
+each gene's mean held-out Pearson of each model into the checkpoint it trains (``cv_pearson``,
+``probe_cv_pearson``, ``ensemble_cv_pearson``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from hespotex.config import LibrarySize, PipelineConfig
+from hespotex.config import PipelineConfig, ServedModel
 from hespotex.encoder.build import load_encoder
 from hespotex.encoder.devices import pick_device
 from hespotex.encoder.identity import EncoderIdentity, check_same_encoder
 from hespotex.encoder.runners import TorchRunner
+from hespotex.encoder.stain import StainSetting
 from hespotex.errors import InputDataError
-from hespotex.evaluation.evaluate import TOP_GENES, evaluate_encoded, score_genes, summarise
-from hespotex.evaluation.probe import fit_ridge_probe
+from hespotex.evaluation.evaluate import evaluate_encoded, summarise
 from hespotex.io.atomic import atomic_path, write_json, write_tsv
-from hespotex.io.sections import SectionSource
-from hespotex.network.checkpoint import CheckpointMeta
+from hespotex.io.sections import Section, SectionSource
+from hespotex.network.checkpoint import SERVABLE, CheckpointMeta, score_name
 from hespotex.training.data import (
     EncodedSection,
     encode_sections,
@@ -41,11 +45,20 @@ from hespotex.training.data import (
     training_stain,
 )
 from hespotex.training.fit import fit
-from hespotex.training.genes import select_genes, seurat_v3_ranks, shared_genes
+from hespotex.training.genes import (
+    MARKERS,
+    TOP_VARIANCE,
+    select_genes,
+    seurat_v3_ranks,
+    shared_genes,
+)
 
 logger = logging.getLogger(__name__)
 
-SCORES = ("pearson_all", "pearson_top_hvg")
+MODELS = (*SERVABLE, ServedModel.BEST)
+GENE_SETS = ("all", TOP_VARIANCE, MARKERS)
+LEADS = (ServedModel.HESPOTEX, ServedModel.ENSEMBLE, ServedModel.BEST)
+CHOICES = ("genes", "chosen_epoch", "probe_alpha", *(f"served_{model.value}" for model in SERVABLE))
 
 
 def fold_plan(section_ids: Sequence[str]) -> list[tuple[str, str, list[str]]]:
@@ -62,45 +75,17 @@ def fold_plan(section_ids: Sequence[str]) -> list[tuple[str, str, list[str]]]:
     return plan
 
 
-def ridge_scores(
-    sections: dict[str, EncodedSection],
-    genes: list[str],
-    test: str,
-    validation: str,
-    training: list[str],
-    top_genes: int,
-    library_size: LibrarySize = LibrarySize.ALL_GENES,
-) -> pd.DataFrame:
-    def expression(section_id: str) -> np.ndarray:
-        return sections[section_id].section.log_expression(genes, library_size=library_size)
-
-    probe = fit_ridge_probe(
-        [sections[section_id].features for section_id in training],
-        [expression(section_id) for section_id in training],
-        (sections[validation].features, expression(validation)),
-    )
-    held_out = sections[test]
-    return score_genes(
-        test,
-        genes,
-        expression(test),
-        probe.predict(held_out.features),
-        held_out.section.centres_px,
-        top_genes,
-    )
-
-
 def with_cv_scores(meta: CheckpointMeta, path: Path) -> CheckpointMeta:
-    """``meta`` with each gene's mean held-out Pearson from a ``hespotex crossval`` run (its
-    folder, or its genes.tsv): HESpotEx's rows over every fold and seed that scored the gene;
-    None for a gene no fold chose. The run must have used the checkpoint's encoder."""
+    """``meta`` with each gene's mean held-out Pearson of each model from a ``hespotex
+    crossval`` run (its folder, or its genes.tsv): the rows of every fold and seed that scored
+    the gene; None for a gene no fold chose. The run must have used the checkpoint's encoder."""
     path = Path(path)
     table_path = path / "genes.tsv" if path.is_dir() else path
     try:
         table = pd.read_csv(table_path, sep="\t")
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
         raise InputDataError(table_path, f"not a crossval genes.tsv: {error}") from None
-    missing = {"gene", "pearson", "model"} - set(table.columns)
+    missing = {"gene", "pearson", "model", "section", "seed"} - set(table.columns)
     if missing:
         raise InputDataError(
             table_path, f"not a crossval genes.tsv: no column(s) {', '.join(sorted(missing))}"
@@ -118,27 +103,29 @@ def with_cv_scores(meta: CheckpointMeta, path: Path) -> CheckpointMeta:
             meta.encoder,
             "run crossval with the encoder you train with",
         )
-    held_out = table[table["model"] == "hespotex"].groupby("gene")["pearson"].mean()
-    if held_out.empty:
+    if not (table["model"] == ServedModel.HESPOTEX.value).any():
         raise InputDataError(table_path, "no HESpotEx rows to take scores from")
-    scores = [
-        None
-        if gene not in held_out.index or np.isnan(held_out[gene])
-        else round(float(held_out[gene]), 4)
-        for gene in meta.genes
-    ]
-    runs = table.loc[table["model"] == "hespotex", ["section", "seed"]].drop_duplicates()
-    source = (
-        f"mean Pearson on held-out sections in `hespotex crossval` {table_path} "
-        f"({runs['section'].nunique()} sections × {runs['seed'].nunique()} seeds; "
-        f"{sum(score is not None for score in scores)} of {len(scores)} genes scored)"
-    )
-    return meta.model_copy(
-        update={
-            "gene_scores": {**meta.gene_scores, "cv_pearson": scores},
-            "gene_score_sources": {**meta.gene_score_sources, "cv_pearson": source},
-        }
-    )
+    scores, sources = dict(meta.gene_scores), dict(meta.gene_score_sources)
+    for model in SERVABLE:
+        rows = table[table["model"] == model.value]
+        if rows.empty:
+            continue
+        held_out = rows.groupby("gene")["pearson"].mean()
+        values = [
+            None
+            if gene not in held_out.index or np.isnan(held_out[gene])
+            else round(float(held_out[gene]), 4)
+            for gene in meta.genes
+        ]
+        runs = rows[["section", "seed"]].drop_duplicates()
+        name = score_name(model, "cv_pearson")
+        scores[name] = values
+        sources[name] = (
+            f"{model.value}: mean Pearson on held-out sections in `hespotex crossval` "
+            f"{table_path} ({runs['section'].nunique()} sections × {runs['seed'].nunique()} "
+            f"seeds; {sum(value is not None for value in values)} of {len(values)} genes scored)"
+        )
+    return meta.model_copy(update={"gene_scores": scores, "gene_score_sources": sources})
 
 
 def _sd(values: pd.Series) -> float:
@@ -149,29 +136,58 @@ def _mean_sd(values: pd.Series) -> str:
     return f"{values.mean():.3f} ± {_sd(values):.3f}"
 
 
+def with_leads(folds: pd.DataFrame) -> pd.DataFrame:
+    """``lead_{model}_{set}``: the model's mean Pearson minus the probe's."""
+    leads = {
+        f"lead_{model.value}_{gene_set}": folds[f"{model.value}_{gene_set}"]
+        - folds[f"probe_{gene_set}"]
+        for model in LEADS
+        for gene_set in GENE_SETS
+    }
+    return folds.assign(**leads)
+
+
 def summary_tables(folds: pd.DataFrame) -> tuple[dict, list[str]]:
-    """Per fold (mean ± sd over seeds) and overall (the mean over folds, then mean ± sd over
-    seeds), for HESpotEx, the probe and HESpotEx's lead."""
-    for score in SCORES:
-        folds[f"lead_{score}"] = folds[f"hespotex_{score}"] - folds[f"ridge_{score}"]
-    columns = [f"{who}_{score}" for score in SCORES for who in ("hespotex", "ridge", "lead")]
+    """Per gene set, per fold (mean ± sd over seeds) and overall (the mean over folds, then
+    mean ± sd over seeds): each model's mean Pearson and its lead over the probe."""
+    folds = with_leads(folds)
+    columns = [
+        *(f"{model.value}_{gene_set}" for model in MODELS for gene_set in GENE_SETS),
+        *(f"lead_{model.value}_{gene_set}" for model in LEADS for gene_set in GENE_SETS),
+    ]
     per_seed = folds.groupby("seed")[columns].mean()
     overall = {
         column: {"mean": per_seed[column].mean(), "sd": _sd(per_seed[column])} for column in columns
     }
-    header = [
-        "fold (test / validation)",
-        "chosen epoch",
-        *(f"{who} {score}" for score in SCORES for who in ("HESpotEx", "ridge", "lead")),
-    ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for (test, validation), group in folds.groupby(["test", "validation"], sort=False):
-        epochs = ", ".join(str(epoch) for epoch in group["chosen_epoch"])
-        cells = [_mean_sd(group[column]) for column in columns]
-        lines.append(f"| {test} / {validation} | {epochs} | " + " | ".join(cells) + " |")
-    cells = [_mean_sd(per_seed[column]) for column in columns]
-    lines.append("| **mean over folds** | | " + " | ".join(cells) + " |")
+    lines = []
+    for gene_set in GENE_SETS:
+        shown = [
+            *(f"{model.value}_{gene_set}" for model in MODELS),
+            *(f"lead_{model.value}_{gene_set}" for model in LEADS),
+        ]
+        header = [
+            "fold (test / validation)",
+            "chosen epoch",
+            *(model.value for model in MODELS),
+            *(f"{model.value} − probe" for model in LEADS),
+        ]
+        size = int(folds[f"n_{gene_set}"].mean()) if f"n_{gene_set}" in folds else None
+        lines += [
+            f"**{gene_set}**" + (f" (≈ {size} genes)" if size else ""),
+            "",
+            "| " + " | ".join(header) + " |",
+            "|" + "---|" * len(header),
+        ]
+        for (test, validation), group in folds.groupby(["test", "validation"], sort=False):
+            epochs = ", ".join(str(epoch) for epoch in group["chosen_epoch"])
+            cells = [_mean_sd(group[column]) for column in shown]
+            lines.append(f"| {test} / {validation} | {epochs} | " + " | ".join(cells) + " |")
+        cells = [_mean_sd(per_seed[column]) for column in shown]
+        lines += ["| **mean over folds** | | " + " | ".join(cells) + " |", ""]
     return overall, lines
+
+
+Encodings = Callable[[StainSetting], dict[str, EncodedSection]]
 
 
 def run_crossval(
@@ -179,25 +195,39 @@ def run_crossval(
     config: PipelineConfig,
     seeds: Sequence[int],
     out_dir: Path,
-    top_genes: int = TOP_GENES,
 ) -> dict:
-    sections_list = load_sections(sources, config.training.min_spot_counts)
+    sections = load_sections(sources, config.training.min_spot_counts)
     runner = TorchRunner(load_encoder(config.encoder), pick_device(config.features.device))
     logger.info("encoder: %s", runner.identity.describe())
-    by_id = {section.section_id: section for section in sections_list}
-    encodings: dict[str, dict[str, EncodedSection]] = {}
+    cache: dict[str, dict[str, EncodedSection]] = {}
+
+    def encodings(stain: StainSetting) -> dict[str, EncodedSection]:
+        if stain.fingerprint not in cache:
+            cache[stain.fingerprint] = {
+                item.section_id: item for item in encode_sections(sections, config, runner, stain)
+            }
+        return cache[stain.fingerprint]
+
+    return crossval_sections(sections, encodings, runner.identity, config, seeds, out_dir)
+
+
+def crossval_sections(
+    sections: Sequence[Section],
+    encodings: Encodings,
+    encoder: EncoderIdentity,
+    config: PipelineConfig,
+    seeds: Sequence[int],
+    out_dir: Path,
+) -> dict:
+    """The folds over already loaded sections, encoded by ``encodings`` (per stain target)."""
+    by_id = {section.section_id: section for section in sections}
     out_dir.mkdir(parents=True, exist_ok=True)
-    everywhere = shared_genes(sections_list)
-    ranks = {section.section_id: seurat_v3_ranks(section, everywhere) for section in sections_list}
+    everywhere = shared_genes(sections)
+    ranks = {section.section_id: seurat_v3_ranks(section, everywhere) for section in sections}
     rows, gene_tables, genes_by_fold = [], [], {}
     for test, validation, training in fold_plan(list(by_id)):
         stain = training_stain([by_id[section_id] for section_id in training], config)
-        if stain.fingerprint not in encodings:
-            encodings[stain.fingerprint] = {
-                item.section_id: item
-                for item in encode_sections(sections_list, config, runner, stain)
-            }
-        encoded = encodings[stain.fingerprint]
+        encoded = encodings(stain)
         genes = select_genes(
             [encoded[section_id].section for section_id in training],
             config.training,
@@ -209,40 +239,61 @@ def run_crossval(
                 update={"training": config.training.model_copy(update={"seed": seed})}
             )
             logger.info("fold test %s, validation %s, seed %d", test, validation, seed)
-            model, meta = fit(
+            checkpoint = fit(
                 [encoded[section_id] for section_id in [*training, validation]],
                 validation,
                 seeded,
-                runner.identity,
+                encoder,
                 genes=genes,
                 stain=stain,
             )
-            hespotex_table, _ = evaluate_encoded(model, meta, [encoded[test]], None, top_genes)
-            ridge_table = ridge_scores(
-                encoded, meta.genes, test, validation, training, top_genes, meta.library_size
-            )
-            genes_by_fold[test] = meta.genes
+            meta = checkpoint.meta
+            table, _ = evaluate_encoded(checkpoint, [encoded[test]], None, ServedModel.BEST)
+            genes_by_fold[test] = {"genes": meta.genes, **meta.gene_sets}
+            served = meta.served_models(ServedModel.BEST, "the fold's checkpoint")
             row = {
                 "test": test,
                 "validation": validation,
                 "seed": seed,
                 "training": ",".join(training),
-                "n_genes": len(meta.genes),
+                "n_all": len(meta.genes),
+                **{f"n_{name}": len(members) for name, members in meta.gene_sets.items()},
+                "genes": ",".join(meta.genes),
                 "chosen_epoch": meta.training["chosen_epoch"],
+                "probe_alpha": meta.training["probe_alpha"],
+                **{f"served_{model.value}": served.count(model) for model in SERVABLE},
+                # What settings may be compared by: the inner validation section's scores
+                # (optimistic, as it chose the epoch and strength), never the test section's.
+                **{
+                    f"validation_{model.value}": float(
+                        np.nanmean(
+                            np.array(
+                                meta.gene_scores[score_name(model, "validation_pearson")],
+                                dtype=float,
+                            )
+                        )
+                    )
+                    for model in SERVABLE
+                },
             }
-            for who, table in (("hespotex", hespotex_table), ("ridge", ridge_table)):
-                summary = summarise(table)
-                row.update({f"{who}_{score}": summary[score] for score in SCORES})
-                gene_tables.append(table.assign(model=who, seed=seed))
+            for model in MODELS:
+                summary = summarise(table[table["model"] == model.value])
+                row.update(
+                    {f"{model.value}_{gene_set}": summary[f"pearson_{gene_set}"]
+                     for gene_set in GENE_SETS}
+                )  # fmt: skip
+            gene_tables.append(table.assign(seed=seed))
             logger.info(
-                "fold %s seed %d: HESpotEx %.4f / %.4f, ridge %.4f / %.4f (all / top %d)",
+                "fold %s seed %d, mean Pearson (all / top variance / markers): %s",
                 test,
                 seed,
-                row["hespotex_pearson_all"],
-                row["hespotex_pearson_top_hvg"],
-                row["ridge_pearson_all"],
-                row["ridge_pearson_top_hvg"],
-                top_genes,
+                "; ".join(
+                    f"{model.value} "
+                    + " / ".join(
+                        f"{row[f'{model.value}_{gene_set}']:.4f}" for gene_set in GENE_SETS
+                    )
+                    for model in MODELS
+                ),
             )
             rows.append(row)
     folds = pd.DataFrame(rows)
@@ -250,11 +301,12 @@ def run_crossval(
     write_tsv(out_dir / "folds.tsv", folds)
     write_tsv(out_dir / "genes.tsv", pd.concat(gene_tables, ignore_index=True))
     result = {
-        "encoder": runner.identity.describe(),
+        "encoder": encoder.describe(),
         "stain_normalisation": config.stain.normalisation.value,
-        "encoder_identity": runner.identity.model_dump(mode="json"),
+        "encoder_identity": encoder.model_dump(mode="json"),
+        "preset": config.training.preset,
+        "served_by_default": config.decode.serve.value,
         "seeds": list(seeds),
-        "top_genes": top_genes,
         "overall": overall,
         "genes_by_test_section": genes_by_fold,
     }
@@ -262,6 +314,6 @@ def run_crossval(
     with atomic_path(out_dir / "summary.md") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     logger.info(
-        "leave-one-section-out, mean ± sd over seeds %s:\n%s", list(seeds), "\n".join(lines)
+        "nested leave-one-section-out, mean ± sd over seeds %s:\n%s", list(seeds), "\n".join(lines)
     )
     return result

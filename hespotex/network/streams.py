@@ -3,6 +3,9 @@
 Image stream (runs at inference): latent head, gene head, and a graph decoder of four
 GraphSAGE-mean layers, each applied to the latent embeddings, whose outputs a 2-layer LSTM
 reads as a sequence and averages ("jumping knowledge"); prediction = decoder + gene head.
+Optionally (``training.feature_components``, ``training.linear_path``) it reads the features'
+whitened principal components and adds a linear path from them to the genes, started at the
+linear probe's solution, so the heads and the graph learn what the probe misses.
 
 Expression stream (training only): a STAGATE-style graph attention autoencoder whose 64-d
 bottleneck is the expression latent the image latent is aligned to.
@@ -17,6 +20,8 @@ from torch import nn
 from torch.nn import functional
 from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import softmax
+
+from hespotex.network.probe import LinearProbe
 
 GRAPH_LAYERS = 4
 HIDDEN = 1024
@@ -80,6 +85,13 @@ class ImageStreamShape:
     n_genes: int
     dropout: float = 0.0
     feature_dropout: float = 0.0
+    # 0: the standardised features as they are; K: their first K whitened principal components.
+    input_components: int = 0
+    linear_path: bool = False
+
+    @property
+    def input_dim(self) -> int:
+        return self.input_components or self.feature_dim
 
 
 class ImageStream(nn.Module):
@@ -91,7 +103,7 @@ class ImageStream(nn.Module):
         super().__init__()
         self.shape = shape
         self.feature_dropout = nn.Dropout(shape.feature_dropout)
-        self.latent_head = _head(shape.feature_dim, shape.latent_dim, shape.dropout)
+        self.latent_head = _head(shape.input_dim, shape.latent_dim, shape.dropout)
         self.gene_head = _head(shape.latent_dim, shape.n_genes, shape.dropout)
         self.graph_layers = nn.ModuleList(
             SageMeanLayer(shape.latent_dim) for _ in range(GRAPH_LAYERS)
@@ -101,6 +113,15 @@ class ImageStream(nn.Module):
         )
         self.register_buffer("feature_mean", torch.zeros(shape.feature_dim))
         self.register_buffer("feature_std", torch.ones(shape.feature_dim))
+        if shape.input_components:
+            self.register_buffer(
+                "feature_basis", torch.zeros(shape.feature_dim, shape.input_components)
+            )
+        # The probe's path, fixed at its solution (Adam would move every whitened component,
+        # noise as fast as signal) and without dropout on its input, as the probe had none.
+        self.linear_path = None
+        if shape.linear_path:
+            self.linear_path = nn.Linear(shape.input_dim, shape.n_genes).requires_grad_(False)
 
     def standardise_with(self, features: torch.Tensor) -> None:
         """Fix the per-dimension centring and scaling of encoder features to the training
@@ -116,17 +137,52 @@ class ImageStream(nn.Module):
         with torch.no_grad():
             self.gene_head[-1].bias.copy_(expression.mean(dim=0))
 
-    def latent(self, features: torch.Tensor) -> torch.Tensor:
+    def start_from_probe(self, probe: LinearProbe) -> None:
+        """Take the probe's standardisation and (whitened) components as the input, and start
+        the linear path at the probe's solution with the gene head's last layer at zero: at
+        the first step the stream predicts what the probe does, plus the graph decoder's
+        small initial output."""
+        with torch.no_grad():
+            self.feature_mean.copy_(probe.feature_mean)
+            self.feature_std.copy_(probe.feature_std)
+            scale = probe.component_variance.sqrt()
+            if self.shape.input_components:
+                if probe.n_components != self.shape.input_components:
+                    raise ValueError(
+                        f"the probe has {probe.n_components} components, the stream reads "
+                        f"{self.shape.input_components}"
+                    )
+                self.feature_basis.copy_(probe.components / scale)
+                weight = probe.linear.weight * scale
+            else:
+                weight = probe.linear.weight @ probe.components.T
+            if self.linear_path is not None:
+                self.linear_path.weight.copy_(weight)
+                self.linear_path.bias.copy_(probe.linear.bias)
+                self.gene_head[-1].weight.zero_()
+                self.gene_head[-1].bias.zero_()
+
+    def inputs(self, features: torch.Tensor) -> torch.Tensor:
         standardised = (features - self.feature_mean) / self.feature_std
-        return self.latent_head(self.feature_dropout(standardised))
+        if self.shape.input_components:
+            return standardised @ self.feature_basis
+        return standardised
+
+    def latent(self, features: torch.Tensor) -> torch.Tensor:
+        return self.latent_head(self.feature_dropout(self.inputs(features)))
 
     def graph_steps(self, latent: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
         """(N, 4, L): each graph layer applied to the latent embeddings."""
         return torch.stack([layer(latent, edge_index) for layer in self.graph_layers], dim=1)
 
-    def genes_from(self, latent: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    def genes_from(
+        self, latent: torch.Tensor, steps: torch.Tensor, features: torch.Tensor
+    ) -> torch.Tensor:
         sequence, _ = self.jumping_knowledge(steps)
-        return sequence.mean(dim=1) + self.gene_head(latent)
+        genes = sequence.mean(dim=1) + self.gene_head(latent)
+        if self.linear_path is not None:
+            genes = genes + self.linear_path(self.inputs(features))
+        return genes
 
     def forward(
         self,
@@ -135,7 +191,7 @@ class ImageStream(nn.Module):
         nucleus_scale: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         latent = self.latent(features)
-        genes = self.genes_from(latent, self.graph_steps(latent, edge_index))
+        genes = self.genes_from(latent, self.graph_steps(latent, edge_index), features)
         return scale_by_nuclei(genes, nucleus_scale), latent
 
     def spots_per_chunk(self, activation_bytes: int = CHUNK_ACTIVATION_BYTES) -> int:
@@ -161,9 +217,12 @@ class ImageStream(nn.Module):
         steps = self.graph_steps(latent, edge_index)
         genes = torch.cat(
             [
-                self.genes_from(latent_part, steps_part).cpu()
-                for latent_part, steps_part in zip(
-                    latent.split(spot_chunk), steps.split(spot_chunk), strict=True
+                self.genes_from(latent_part, steps_part, features_part).cpu()
+                for latent_part, steps_part, features_part in zip(
+                    latent.split(spot_chunk),
+                    steps.split(spot_chunk),
+                    features.split(spot_chunk),
+                    strict=True,
                 )
             ]
         )

@@ -17,7 +17,11 @@ FLAGGED_EDGE = "#00e5ff"
 
 def gene_trust(var, gene: str) -> str:
     """The gene's scores from the checkpoint (``var``), for a figure title: how far the map
-    can be trusted is read beside it."""
+    can be trusted is read beside it: the served model's held-out score, or (maps decoded
+    before serving) the checkpoint's scores."""
+    if "served_pearson" in var.columns:
+        score = var.at[gene, "served_pearson"]
+        return f" ({var.at[gene, 'served_model']}, r = {score:.2f})" if np.isfinite(score) else ""
     scores = [
         f"{name.replace('_pearson', '')} r = {var.at[gene, name]:.2f}"
         for name in ("cv_pearson", "validation_pearson")

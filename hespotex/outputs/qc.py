@@ -79,7 +79,9 @@ def write_slide_qc(config: PipelineConfig, slide_id: str) -> dict:
             "path": str(checkpoint),
             "sha256": cached_sha256(checkpoint),
             "genes": len(meta.genes),
-            "genes_kept": len(meta.genes_kept(config.outputs.min_gene_pearson, checkpoint)),
+            "genes_kept": len(
+                meta.genes_kept(config.outputs.min_gene_pearson, config.decode.serve, checkpoint)
+            ),
             "trained_on": meta.trained_on,
             "gene_scores": {
                 name: {

@@ -49,7 +49,7 @@ def check_run(config: PipelineConfig) -> dict[str, SampleRow]:
         raise ConfigError(
             f"outputs.genes: {', '.join(unknown)} not predicted by checkpoint {checkpoint}"
         )
-    kept = set(meta.genes_kept(config.outputs.min_gene_pearson, checkpoint))
+    kept = set(meta.genes_kept(config.outputs.min_gene_pearson, config.decode.serve, checkpoint))
     dropped = [gene for gene in config.outputs.genes if gene not in kept]
     if dropped:
         raise ConfigError(

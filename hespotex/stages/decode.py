@@ -1,5 +1,10 @@
 """Stage 5, decode: HESpotEx's image stream over the whole slide graph → ``expression.h5ad``.
 
+Each gene's values come from the model ``decode.serve`` names: the image stream, the linear
+probe the checkpoint carries, their mean, or (``best``, the default) whichever of the three
+scored best on held-out spots for that gene; ``var`` records the model served
+(``served_model``) beside every score.
+
 The AnnData is what scanpy and squidpy users expect from Visium: spots × genes,
 ``obsm['spatial']`` in level-0 pixels, and ``uns['spatial'][slide_id]`` with the thumbnail
 (as ``hires``) and its scale factor, so ``scanpy.pl.spatial`` draws it unchanged. ``var`` holds
@@ -24,7 +29,7 @@ import pandas as pd
 import torch
 
 from hespotex import __version__
-from hespotex.config import NucleusCounter, PipelineConfig
+from hespotex.config import NucleusCounter, PipelineConfig, ServedModel
 from hespotex.encoder.devices import pick_device
 from hespotex.encoder.identity import EncoderIdentity
 from hespotex.encoder.stain import StainSetting
@@ -33,23 +38,34 @@ from hespotex.io.atomic import atomic_path, read_png
 from hespotex.io.records import QcSummary, TissueRecord, read_spots
 from hespotex.io.stores import FeatureStore, StoreKeys, read_feature_store, read_graph_store
 from hespotex.network.checkpoint import (
+    SERVABLE,
+    Checkpoint,
     CheckpointMeta,
     check_checkpoint_encoder,
     check_checkpoint_stain,
     load_checkpoint,
 )
-from hespotex.network.streams import ImageStream, nucleus_scale
+from hespotex.network.serving import served_prediction
+from hespotex.network.streams import nucleus_scale
 from hespotex.paths import SlidePaths
 
 logger = logging.getLogger(__name__)
 
 
-def gene_table(meta: CheckpointMeta) -> pd.DataFrame:
-    """``var``: one row per gene, a column per score the checkpoint carries (NaN: none)."""
+def _floats(values: list[float | None]) -> np.ndarray:
+    return np.array([np.nan if value is None else value for value in values], dtype=float)
+
+
+def gene_table(meta: CheckpointMeta, served: list[ServedModel]) -> pd.DataFrame:
+    """``var``: one row per gene: the model served, its trusted score (``served_pearson``),
+    and a column per score the checkpoint carries (NaN: none)."""
     return pd.DataFrame(
         {
-            name: np.array([np.nan if value is None else value for value in values], dtype=float)
-            for name, values in meta.gene_scores.items()
+            "served_model": pd.Categorical(
+                [model.value for model in served], categories=[m.value for m in SERVABLE]
+            ),
+            "served_pearson": _floats(meta.served_scores(served)),
+            **{name: _floats(values) for name, values in meta.gene_scores.items()},
         },
         index=pd.Index(meta.genes, name=None),
     )
@@ -100,21 +116,23 @@ def nucleus_counts_for(
     return store.nucleus_counts
 
 
-def load_decoder(config: PipelineConfig) -> tuple[ImageStream, CheckpointMeta]:
-    """The configured checkpoint's model on the decode device (a job decoding many slides
+def load_decoder(config: PipelineConfig) -> Checkpoint:
+    """The configured checkpoint's models on the decode device (a job decoding many slides
     loads it once: with 5,457 genes its LSTM alone is 1.4 GB)."""
     if config.decode.checkpoint is None:
         raise ConfigError("decode.checkpoint is not set: train one with `hespotex train`")
-    model, meta = load_checkpoint(config.decode.checkpoint)
-    return model.to(pick_device(config.decode.device)), meta
+    model, probe, meta = load_checkpoint(config.decode.checkpoint)
+    device = pick_device(config.decode.device)
+    return Checkpoint(model.to(device), probe.to(device), meta)
 
 
 def run_decode(
     slide_id: str,
     config: PipelineConfig,
-    decoder: tuple[ImageStream, CheckpointMeta] | None = None,
+    decoder: Checkpoint | None = None,
 ) -> ad.AnnData:
-    model, meta = decoder or load_decoder(config)
+    model, probe, meta = decoder or load_decoder(config)
+    served = meta.served_models(config.decode.serve, config.decode.checkpoint)
     paths = SlidePaths(config.results, slide_id)
     record = TissueRecord.read(paths.tissue_record)
     spots = read_spots(paths.spots)
@@ -143,12 +161,12 @@ def run_decode(
     nucleus_counts = nucleus_counts_for(meta, store, paths.features)
     scale = None if nucleus_counts is None else nucleus_scale(torch.from_numpy(nucleus_counts))
     device = next(model.parameters()).device
+    features = torch.from_numpy(store.features).to(device)
     prediction = model.predict(
-        torch.from_numpy(store.features).to(device),
-        torch.from_numpy(edge_index).to(device),
-        config.decode.spot_chunk,
-        scale,
+        features, torch.from_numpy(edge_index).to(device), config.decode.spot_chunk, scale
     ).numpy()
+    if any(model_name is not ServedModel.HESPOTEX for model_name in served):
+        prediction = served_prediction(prediction, probe.predict(features), served)
     step = config.outputs.expression_step
     if step:
         prediction = np.round(prediction / step) * step
@@ -168,12 +186,16 @@ def run_decode(
         "patch_um": config.features.patch_um,
         "trained_on": meta.trained_on,
         "gene_scores": meta.gene_score_sources,
+        "served": config.decode.serve.value,
+        "served_counts": {model.value: served.count(model) for model in SERVABLE},
         "min_gene_pearson": config.outputs.min_gene_pearson,
         "quality_control": (
             QcSummary.read(paths.spot_qc).as_record() if paths.spot_qc.is_file() else {}
         ),
     }
-    kept = meta.genes_kept(config.outputs.min_gene_pearson, config.decode.checkpoint)
+    kept = meta.genes_kept(
+        config.outputs.min_gene_pearson, config.decode.serve, config.decode.checkpoint
+    )
     if len(kept) < len(meta.genes):
         logger.info(
             "outputs.min_gene_pearson %s: keeping %d of %d genes (by %s)",
@@ -185,7 +207,7 @@ def run_decode(
     columns = pd.Index(meta.genes).get_indexer(kept)
     adata = build_anndata(
         prediction[:, columns],
-        gene_table(meta).loc[kept],
+        gene_table(meta, served).loc[kept],
         spots,
         record,
         thumbnail,

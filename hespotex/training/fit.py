@@ -11,6 +11,11 @@
    graph decoder, trained with (1 − Pearson(expression latent, image latent)) + MSE, one
    section per step. With a validation section the epoch is the one with the best mean gene
    Pearson on it (the reported score), never chosen on a test section.
+4. The linear probe (``hespotex.network.probe``) on the same training spots, its ridge strength
+   chosen on the same validation section; the checkpoint carries it, and per gene the
+   validation Pearson of HESpotEx, the probe and their mean, from which decode serves
+   (``decode.serve``). With ``training.feature_components`` / ``linear_path`` the image stream
+   reads the probe's components and starts from its solution.
 
 Loading and encoding sections: ``training.data``; the loops: ``training.loops``; resume state:
 ``training.resume``; early stopping: ``training.stopping``. Seeds are fixed (weights,
@@ -37,7 +42,9 @@ from hespotex.encoder.stain import StainSetting
 from hespotex.errors import InputDataError
 from hespotex.io.sections import SectionSource
 from hespotex.metrics import pearson_per_gene
-from hespotex.network.checkpoint import CheckpointMeta
+from hespotex.network.checkpoint import Checkpoint, CheckpointMeta, score_name
+from hespotex.network.probe import LinearProbe, fit_probe
+from hespotex.network.serving import model_predictions
 from hespotex.network.streams import ImageStream, ImageStreamShape
 from hespotex.training.data import (
     EncodedSection,
@@ -47,7 +54,7 @@ from hespotex.training.data import (
     section_tensors,
     training_stain,
 )
-from hespotex.training.genes import select_genes
+from hespotex.training.genes import gene_sets, select_genes
 from hespotex.training.loops import (
     image_stream_epoch,
     section_prediction,
@@ -89,6 +96,7 @@ def train_image_stream(
     config: TrainingConfig,
     resume: ResumeFile,
     saved: dict | None,
+    probe: LinearProbe,
 ) -> tuple[ImageStream, dict]:
     device = training[0].features.device
     shape = ImageStreamShape(
@@ -97,10 +105,14 @@ def train_image_stream(
         n_genes=n_genes,
         dropout=config.dropout,
         feature_dropout=config.feature_dropout,
+        input_components=config.feature_components and probe.n_components,
+        linear_path=config.linear_path,
     )
     model = ImageStream(shape).to(device)
     model.standardise_with(torch.cat([section.features for section in training]))
     model.start_from_mean(torch.cat([section.expression for section in training]))
+    if shape.input_components or shape.linear_path:
+        model.start_from_probe(probe.to(device))
     average = WeightAverage(model, config.weight_average)
     optimiser = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
@@ -167,13 +179,30 @@ def train_image_stream(
     return model.eval(), summary
 
 
-def gene_pearson(model: ImageStream, section: SectionTensors) -> list[float | None]:
-    """Per gene, Pearson of predicted and measured expression across the section's spots
-    (None where either is constant)."""
-    with torch.no_grad():
-        predicted = section_prediction(model, section).cpu().numpy()
-    scores = pearson_per_gene(section.expression.cpu().numpy(), predicted)
+def rounded_scores(measured: np.ndarray, predicted: np.ndarray) -> list[float | None]:
+    """Per gene, Pearson across spots to 4 decimals (None where either side is constant)."""
+    scores = pearson_per_gene(measured, predicted)
     return [None if np.isnan(value) else round(float(value), 4) for value in scores]
+
+
+def validation_scores(
+    model: ImageStream, probe: LinearProbe, section: SectionTensors, validation_id: str, epoch: int
+) -> tuple[dict[str, list[float | None]], dict[str, str]]:
+    """Per gene, the validation section's Pearson of each servable model."""
+    with torch.no_grad():
+        hespotex = section_prediction(model, section).cpu().numpy()
+        linear = probe(section.features).cpu().numpy()
+    measured = section.expression.cpu().numpy()
+    scores, sources = {}, {}
+    for model_name, predicted in model_predictions(hespotex, linear).items():
+        name = score_name(model_name, "validation_pearson")
+        scores[name] = rounded_scores(measured, predicted)
+        sources[name] = (
+            f"{model_name.value}: Pearson across the spots of validation section "
+            f"{validation_id}, which chose HESpotEx's epoch ({epoch}) and the probe's ridge "
+            "strength (optimistic)"
+        )
+    return scores, sources
 
 
 def fit(
@@ -184,7 +213,7 @@ def fit(
     resume_path: Path | None = None,
     genes: list[str] | None = None,
     stain: StainSetting | None = None,
-) -> tuple[ImageStream, CheckpointMeta]:
+) -> Checkpoint:
     """Train on already encoded sections (stain normalised with ``stain``, recorded in the
     checkpoint); unless given, genes are chosen on the training sections only, among those
     the validation section has."""
@@ -206,6 +235,16 @@ def fit(
     validation_tensors = (
         section_tensors(validation, genes, config, device) if validation is not None else None
     )
+    probe = fit_probe(
+        [section.features.cpu().numpy() for section in tensors],
+        [section.expression.cpu().numpy() for section in tensors],
+        None
+        if validation_tensors is None
+        else (
+            validation_tensors.features.cpu().numpy(),
+            validation_tensors.expression.cpu().numpy(),
+        ),
+    )
     resume = ResumeFile(resume_path, fingerprint(config, genes, sections))
     saved = resume.load()
     if saved is None:
@@ -217,15 +256,14 @@ def fit(
             section.latent = saved["latents"][section.section_id].to(device)
         torch.set_rng_state(saved["rng"])
     model, summary = train_image_stream(
-        tensors, validation_tensors, len(genes), config.training, resume, saved
+        tensors, validation_tensors, len(genes), config.training, resume, saved, probe
     )
     resume.remove()
+    probe = probe.cpu()
     scores, sources = {}, {}
     if validation_tensors is not None:
-        scores["validation_pearson"] = gene_pearson(model, validation_tensors)
-        sources["validation_pearson"] = (
-            f"Pearson across the spots of validation section {validation_id} at the chosen "
-            f"epoch {summary['chosen_epoch']} (which it chose: optimistic)"
+        scores, sources = validation_scores(
+            model, probe.to(device), validation_tensors, validation_id, summary["chosen_epoch"]
         )
     meta = CheckpointMeta(
         genes=genes,
@@ -241,13 +279,18 @@ def fit(
         library_size=config.training.library_size,
         gene_scores=scores,
         gene_score_sources=sources,
+        gene_sets=gene_sets([encoded.section for encoded in training], config.training, genes),
+        feature_components=model.shape.input_components,
+        linear_path=model.shape.linear_path,
+        probe_components=probe.n_components,
         training={
             **summary,
             "validation_section": validation_id,
+            "probe_alpha": float(probe.alpha),
             **config.training.model_dump(mode="json"),
         },
     )
-    return model.cpu(), meta
+    return Checkpoint(model.cpu(), probe.cpu(), meta)
 
 
 def train(
@@ -255,7 +298,7 @@ def train(
     validation_id: str | None,
     config: PipelineConfig,
     resume_path: Path | None = None,
-) -> tuple[ImageStream, CheckpointMeta]:
+) -> Checkpoint:
     seed_everything(config.training.seed)
     sections = load_sections(sources, config.training.min_spot_counts)
     runner = TorchRunner(load_encoder(config.encoder), pick_device(config.features.device))

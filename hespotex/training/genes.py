@@ -6,6 +6,11 @@ section's sampling noise does not promote housekeeping genes, and pooling sectio
 different depth cannot pick depth differences. The union of each section's top genes is
 kept, ranked by their best (smallest) per-section rank; the ranking also fixes which genes
 count as "top highly variable" in evaluation, without looking at a test section.
+
+Two gene sets are predicted whatever the ranking and scored apart (``gene_sets``): the genes
+of highest variance of log1p CPM over the training sections' spots pooled (the genes a user
+looks at first: between-section and within-section variation alike), and a marker panel named
+in the config. Both are computed from training sections only.
 """
 
 from __future__ import annotations
@@ -108,6 +113,35 @@ def read_gene_list(path: Path, available: list[str]) -> list[str]:
     return wanted
 
 
+TOP_VARIANCE = "top_variance"
+MARKERS = "markers"
+
+
+def top_variance_genes(sections: Sequence[Section], genes: list[str], n_top: int) -> list[str]:
+    """The ``n_top`` of ``genes`` with the highest variance of log1p CPM (over all of a spot's
+    counts) across every spot of ``sections`` pooled, highest first."""
+    if n_top == 0:
+        return []
+    pooled = np.concatenate([section.log_expression(genes) for section in sections])
+    order = np.argsort(-pooled.var(axis=0), kind="stable")[:n_top]
+    return [genes[index] for index in order]
+
+
+def marker_genes(wanted: Sequence[str], available: list[str]) -> list[str]:
+    """The panel's genes among ``available`` (a panel for another tissue is not an error)."""
+    return [gene for gene in dict.fromkeys(wanted) if gene in set(available)]
+
+
+def gene_sets(
+    sections: Sequence[Section], config: TrainingConfig, available: list[str]
+) -> dict[str, list[str]]:
+    """The scored gene sets beside every predicted gene: ``top_variance`` and ``markers``."""
+    return {
+        TOP_VARIANCE: top_variance_genes(sections, available, config.top_variance_genes),
+        MARKERS: marker_genes(config.marker_genes, available),
+    }
+
+
 def select_genes(
     sections: Sequence[Section],
     config: TrainingConfig,
@@ -117,7 +151,8 @@ def select_genes(
     """The genes to predict, most variable first (see the module docstring), among those
     every training section has and every index in ``also_in`` (the gene names of the
     validation and test sections: names only, no values, are looked at).
-    ``ranks_by_section`` may hold ``seurat_v3_ranks`` already computed on more genes."""
+    ``ranks_by_section`` may hold ``seurat_v3_ranks`` already computed on more genes. The
+    ``gene_sets`` are added, unless a gene list is given (then they are taken within it)."""
     shared = shared_genes(sections)
     for genes in also_in:
         shared = [gene for gene in shared if gene in set(genes)]
@@ -142,6 +177,18 @@ def select_genes(
         chosen = best_rank.index[best_rank < config.n_genes].tolist()
         how = f"union of each section's top {config.n_genes} seurat_v3 genes"
     chosen = [*chosen, *genes_of_interest(config.include_genes, chosen, shared)]
+    if config.genes_file is None:
+        for members in gene_sets(sections, config, shared).values():
+            chosen = [*chosen, *(gene for gene in members if gene not in set(chosen))]
+    missing = sorted(set(config.marker_genes) - set(chosen))
+    if missing:
+        logger.warning(
+            "training.marker_genes: %d of %d not predicted (not in every section, too rarely "
+            "detected, or not in the gene list), so not scored: %s",
+            len(missing),
+            len(set(config.marker_genes)),
+            ", ".join(missing),
+        )
     ordered = best_rank[chosen].sort_values(kind="stable").index.tolist()
     logger.info(
         "genes: %d (%s) of %d shared; most variable: %s",

@@ -31,7 +31,8 @@ COLOUR_RANGE_PERCENTILES = (2, 98)
 # Vertices the tissue outline may be off by, in mask pixels, once simplified.
 OUTLINE_TOLERANCE_PX = 1.5
 OUTLINE_MIN_POINTS = 8
-SCORE_ORDER = ("validation_pearson", "cv_pearson")
+# The served model's held-out score first (maps decoded before serving lack it).
+SCORE_ORDER = ("served_pearson", "cv_pearson", "validation_pearson")
 
 
 class UnknownError(LookupError):
@@ -131,6 +132,11 @@ class Results:
             {
                 "name": gene,
                 **{score: _json_number(view.genes.at[gene, score]) for score in scores},
+                **(
+                    {"served_model": str(view.genes.at[gene, "served_model"])}
+                    if "served_model" in view.genes.columns
+                    else {}
+                ),
             }
             for gene in view.genes.index
         ]

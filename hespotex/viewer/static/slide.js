@@ -201,7 +201,8 @@ async function start() {
   for (const gene of genes) {
     const option = document.createElement("option");
     option.value = gene.name;
-    const value = score && gene[score] !== null ? ` (${gene[score].toFixed(2)})` : "";
+    const model = gene.served_model ? `, ${gene.served_model}` : "";
+    const value = score && gene[score] !== null ? ` (${gene[score].toFixed(2)}${model})` : "";
     option.textContent = `${gene.name}${value}`;
     controls.gene.appendChild(option);
   }
