@@ -363,10 +363,11 @@ class DecodeConfig(_Section):
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     serve: ServedModel = Field(
-        ServedModel.BEST,
+        ServedModel.ENSEMBLE,
         description="what each gene's map is: hespotex (the image stream), probe (the linear "
-        "probe the checkpoint carries), ensemble (their mean), or best (per gene, whichever "
-        "of the three scored best on held-out spots: cv_pearson if the checkpoint has it, else "
+        "probe the checkpoint carries), ensemble (their mean: the default, which measured "
+        "best on held-out sections, benchmarks/RESULTS.md), or best (per gene, whichever of "
+        "the three scored best on held-out spots: cv_pearson if the checkpoint has it, else "
         "the validation section's)",
     )
 

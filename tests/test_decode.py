@@ -82,26 +82,48 @@ def test_expression_h5ad_has_what_scanpy_and_squidpy_need(decoded):
     assert "b4-right" in adata.uns["hespotex"]["gene_scores"]["validation_pearson"]
 
 
-def test_each_gene_is_served_by_the_model_its_validation_scores_say(decoded):
-    """decode.serve: best (the default) takes each gene's column from the model with the
-    highest validation Pearson, and says which in ``var``."""
+def decoded_again(config, paths, results, **decode):
+    """The decoded slide's decode stage again, into ``results``, with other decode settings."""
+    again = config.model_copy(
+        update={"results": results, "decode": config.decode.model_copy(update=decode)}
+    )
+    again_paths = SlidePaths(again.results, "svs")
+    for name in ("tissue_record", "spots", "features", "graph", "thumbnail"):
+        target = getattr(again_paths, name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(getattr(paths, name).resolve())
+    run_decode("svs", again)
+    return again, again_paths
+
+
+@pytest.mark.parametrize("serve", ["ensemble", "best"])
+def test_each_gene_is_served_by_the_model_decode_serve_and_the_scores_say(decoded, tmp_path, serve):
+    """ensemble (the default) serves the mean of HESpotEx and the probe for every gene; best
+    takes each gene's column from the model with the highest validation Pearson; ``var`` says
+    which, with that model's score."""
     config, paths = decoded
+    if serve != config.decode.serve.value:
+        config, paths = decoded_again(config, paths, tmp_path / "results", serve=ServedModel(serve))
     adata = ad.read_h5ad(paths.expression)
     model, probe, meta = load_checkpoint(config.decode.checkpoint)
-    served = meta.served_models(ServedModel.BEST, config.decode.checkpoint)
+    served = meta.served_models(ServedModel(serve), config.decode.checkpoint)
     assert adata.var["served_model"].tolist() == [name.value for name in served]
     scores = {name: meta.gene_scores[score_name(name, "validation_pearson")] for name in SERVABLE}
     for index, name in enumerate(served):
-        assert scores[name][index] == max(values[index] for values in scores.values())
+        if serve == "best":
+            assert scores[name][index] == max(values[index] for values in scores.values())
         assert adata.var["served_pearson"].iloc[index] == pytest.approx(scores[name][index])
-    assert len(set(served)) > 1
+    if serve == "ensemble":
+        assert set(served) == {ServedModel.ENSEMBLE}
+    else:
+        assert len(set(served)) > 1
     features = torch.from_numpy(read_feature_store(paths.features).features)
     edges = torch.from_numpy(read_graph_store(paths.graph)[0])
     expected = served_prediction(
         model.predict(features, edges).numpy(), probe.predict(features), served
     )
     assert np.allclose(adata.X, expected, atol=1 / 1024)
-    assert adata.uns["hespotex"]["served"] == "best"
+    assert adata.uns["hespotex"]["served"] == serve
 
 
 def test_min_gene_pearson_keeps_the_trusted_genes_and_preflight_names_the_dropped(
@@ -109,21 +131,13 @@ def test_min_gene_pearson_keeps_the_trusted_genes_and_preflight_names_the_droppe
 ):
     config, paths = decoded
     meta = read_checkpoint_meta(config.decode.checkpoint)
-    served = meta.served_scores(meta.served_models(ServedModel.BEST, "checkpoint"))
+    served = meta.served_scores(meta.served_models(config.decode.serve, "checkpoint"))
     scores = dict(zip(meta.genes, served, strict=True))
     threshold = float(np.median(list(scores.values())))
     strict = config.model_copy(
-        update={
-            "results": tmp_path / "results",
-            "outputs": config.outputs.model_copy(update={"min_gene_pearson": threshold}),
-        }
+        update={"outputs": config.outputs.model_copy(update={"min_gene_pearson": threshold})}
     )
-    strict_paths = SlidePaths(strict.results, "svs")
-    for name in ("tissue_record", "spots", "features", "graph", "thumbnail"):
-        target = getattr(strict_paths, name)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.symlink_to(getattr(paths, name).resolve())
-    run_decode("svs", strict)
+    strict, strict_paths = decoded_again(strict, paths, tmp_path / "results")
     kept = ad.read_h5ad(strict_paths.expression)
     assert list(kept.var_names) == [gene for gene in meta.genes if scores[gene] >= threshold]
     assert (kept.var["served_pearson"] >= threshold).all() and 0 < kept.n_vars < 32
@@ -142,7 +156,7 @@ def test_min_gene_pearson_keeps_the_trusted_genes_and_preflight_names_the_droppe
     with pytest.raises(ConfigError, match=f"{weakest} left out by outputs.min_gene_pearson"):
         check_run(parse_config(wanting))
     with pytest.raises(ConfigError, match="leaves no gene"):
-        meta.genes_kept(0.999, ServedModel.BEST, config.decode.checkpoint)
+        meta.genes_kept(0.999, config.decode.serve, config.decode.checkpoint)
 
 
 def test_crossval_scores_travel_into_the_checkpoint_only_from_the_same_encoder(
@@ -303,10 +317,10 @@ def test_a_checkpoint_scaled_by_nucleus_counts_decodes_with_the_features_stage_c
     counts = store.nucleus_counts
     assert counts.shape == (len(store.features),) and counts.max() > 1
     assert np.array_equal(counts, np.round(counts)) and counts.min() >= 0
-    unscaled_adata = ad.read_h5ad(unscaled_paths.expression)
-    hespotex_genes = (unscaled_adata.var["served_model"] == "hespotex").to_numpy()
-    unscaled = unscaled_adata.X[:, hespotex_genes]
-    predicted = ad.read_h5ad(paths.expression).X[:, hespotex_genes]
+    edges = torch.from_numpy(read_graph_store(unscaled_paths.graph)[0])
+    unscaled = model.predict(torch.from_numpy(store.features), edges).numpy()
+    unscaled = np.round(unscaled / config.outputs.expression_step) * config.outputs.expression_step
+    predicted = ad.read_h5ad(paths.expression).X
     clipped = np.clip(counts, 1, 20)
     factor = clipped / clipped.max() + 1
     # Both maps are rounded to outputs.expression_step: the unscaled one's rounding error is

@@ -29,12 +29,12 @@ def test_evaluate_scores_a_held_out_section_writing_genes_summary_and_maps(
     assert status == 0
     table = pd.read_csv(out / "genes.tsv", sep="\t")
     assert set(table["model"]) == {"hespotex", "probe", "ensemble", "best"}
-    genes = table[table["model"] == "best"]
+    genes = table[table["model"] == "ensemble"]
     assert len(genes) == 32 and set(genes["section"]) == {"c3"}
     assert genes["in_top_variance"].sum() == 32 and not genes["in_markers"].any()
     assert table["pearson"].between(-1, 1).all() and (table["mse"] >= 0).all()
     summary = json.loads((out / "summary.json").read_text())["sections"]["c3"]
-    assert summary["served"] == "best"
+    assert summary["served"] == "ensemble"
     assert summary["pearson_all"] == pytest.approx(genes["pearson"].mean())
     assert summary["n_genes"] == 32 and summary["n_spots"] == len(
         pd.read_csv(sheet.parent / "c3.spots.tsv", sep="\t")
@@ -127,7 +127,7 @@ def test_crossval_writes_folds_and_mean_sd_over_seeds_for_each_model_and_gene_se
     assert set(genes["model"]) == {"hespotex", "probe", "ensemble", "best"}
     assert len(genes) == 6 * 4 * 10
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["stain_normalisation"] == stain and summary["served_by_default"] == "best"
+    assert summary["stain_normalisation"] == stain and summary["served_by_default"] == "ensemble"
     for test, sets in summary["genes_by_test_section"].items():
         assert len(sets["top_variance"]) == 4 and set(sets["top_variance"]) <= set(sets["genes"])
         assert sets["markers"] == ["Apoe", "Calm1"], test
