@@ -1,8 +1,8 @@
 """Stage 5, decode: HESpotEx's image stream over the whole slide graph → ``expression.h5ad``.
 
 Each gene's values come from the model ``decode.serve`` names: the image stream, the linear
-probe the checkpoint carries, their mean, or (``best``, the default) whichever of the three
-scored best on held-out spots for that gene; ``var`` records the model served
+probe the checkpoint carries, their mean (``ensemble``, the default), or (``best``) whichever of
+the three scored best on held-out spots for that gene; ``var`` records the model served
 (``served_model``) beside every score.
 
 The AnnData is what scanpy and squidpy users expect from Visium: spots × genes,
