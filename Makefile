@@ -47,7 +47,8 @@ demo/her2st/sections.tsv: hespotex/demo/builder.py hespotex/demo/planted_artifac
 		| $(VENV)/installed.stamp
 	$(BIN)/hespotex demo-data --out demo
 
-demo/model.safetensors: demo/her2st/sections.tsv config/demo.yaml
+# Retrained when the checkpoint's format may have changed (its module), not only its inputs.
+demo/model.safetensors: demo/her2st/sections.tsv config/demo.yaml hespotex/network/checkpoint.py
 	$(BIN)/hespotex train --config config/demo.yaml --sections demo/her2st/sections.tsv \
 		--validation C4 --out $@
 

@@ -54,8 +54,9 @@ def check_run(config: PipelineConfig) -> dict[str, SampleRow]:
     if dropped:
         raise ConfigError(
             f"outputs.genes: {', '.join(dropped)} left out by outputs.min_gene_pearson "
-            f"{config.outputs.min_gene_pearson} (their {meta.trusted_score()} in checkpoint "
-            f"{checkpoint} is lower or missing)"
+            f"{config.outputs.min_gene_pearson} (their {meta.trusted_score()} for the served "
+            f"model, decode.serve: {config.decode.serve.value}, in checkpoint {checkpoint} is "
+            "lower or missing)"
         )
     if config.outputs.spatialdata:
         check_spatialdata_python(config.outputs.spatialdata_python)
