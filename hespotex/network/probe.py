@@ -10,7 +10,7 @@ stream reads when ``training.feature_components`` is set, so both models start f
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -55,12 +55,31 @@ class LinearProbe(nn.Module):
         return self(torch.as_tensor(features, dtype=torch.float32)).cpu().numpy()
 
 
+ROWS_PER_CHUNK = 16_384
+
+
+def standardised_chunks(
+    inputs: np.ndarray, mean: np.ndarray, std: np.ndarray
+) -> Iterator[tuple[slice, np.ndarray]]:
+    """Rows standardised in float64 a chunk at a time: a 200,000-spot section's features are
+    never copied whole."""
+    for start in range(0, len(inputs), ROWS_PER_CHUNK):
+        rows = slice(start, start + ROWS_PER_CHUNK)
+        yield rows, (inputs[rows].astype(np.float64) - mean) / std
+
+
 def principal_components(
-    standardised: np.ndarray, n_components: int
+    standardised: np.ndarray | Iterable[tuple[slice, np.ndarray]], n_components: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The top components (D × K) of centred rows and their scores' variances, from the
-    D × D covariance, so the cost does not grow with the number of spots beyond one pass."""
-    covariance = standardised.T @ standardised / max(len(standardised) - 1, 1)
+    """The top components (D × K) of centred rows (an array, or ``standardised_chunks``) and
+    their scores' variances, from the D × D covariance, summed over chunks of rows."""
+    chunks = [(slice(None), standardised)] if isinstance(standardised, np.ndarray) else standardised
+    covariance, n_rows = None, 0
+    for _, chunk in chunks:
+        product = chunk.T @ chunk
+        covariance = product if covariance is None else covariance + product
+        n_rows += len(chunk)
+    covariance /= max(n_rows - 1, 1)
     variances, vectors = np.linalg.eigh(covariance)
     order = np.argsort(variances)[::-1][:n_components]
     # Each component's sign fixed (largest loading positive) so a refit gives the same basis.
@@ -115,14 +134,17 @@ def fit_probe(
 ) -> LinearProbe:
     """Fit on the training sections' spots; with a validation section, the strength with the
     best mean gene Pearson on it (else the middle of the grid), then ``calibrated``."""
-    inputs = np.concatenate(features).astype(np.float64)
+    inputs = np.concatenate(features)
     targets = np.concatenate(expression).astype(np.float64)
-    mean, std = inputs.mean(axis=0), inputs.std(axis=0)
+    mean, std = inputs.mean(axis=0, dtype=np.float64), inputs.std(axis=0, dtype=np.float64)
     std[std == 0] = 1.0
-    standardised = (inputs - mean) / std
     n_components = min(n_components, inputs.shape[1], max(len(inputs) - 1, 1))
-    components, variances = principal_components(standardised, n_components)
-    scores = standardised @ components
+    components, variances = principal_components(
+        standardised_chunks(inputs, mean, std), n_components
+    )
+    scores = np.empty((len(inputs), n_components))
+    for rows, chunk in standardised_chunks(inputs, mean, std):
+        scores[rows] = chunk @ components
     candidates = alphas if validation is not None else [alphas[len(alphas) // 2]]
     probe = LinearProbe(inputs.shape[1], n_components, targets.shape[1])
     as_tensor = torch.as_tensor
