@@ -390,6 +390,8 @@ class LibrarySize(StrEnum):
 
 
 TOP_VARIANCE_GENES = 50
+# The linear probe's principal components (HEST-Benchmark's 256): what the image stream may read.
+PROBE_COMPONENTS = 256
 # The genes a breast-cancer user looks at first: immunoglobulins (plasma cells), collagens and
 # stroma, epithelium and tumour (HER2 amplicon: ERBB2, GRB7).
 BREAST_MARKERS = (
@@ -483,9 +485,10 @@ class TrainingConfig(_Section):
     feature_components: int = Field(
         0,
         ge=0,
+        le=PROBE_COMPONENTS,
         description="if above 0, the image stream reads this many whitened principal "
-        "components of the standardised features (the probe's, fitted on the training "
-        "sections) instead of the features",
+        "components of the standardised features (the probe's first, fitted on the training "
+        "sections; fewer where the features have fewer) instead of the features",
     )
     linear_path: bool = Field(
         False,
@@ -525,6 +528,16 @@ class TrainingConfig(_Section):
         if isinstance(data, dict) and data.get("preset") in TRAINING_PRESETS:
             return {**TRAINING_PRESETS[data["preset"]], **data}
         return data
+
+    @model_validator(mode="after")
+    def _linear_path_reads_the_whole_probe(self) -> TrainingConfig:
+        if self.linear_path and 0 < self.feature_components < PROBE_COMPONENTS:
+            raise ValueError(
+                f"linear_path starts at the probe, which reads {PROBE_COMPONENTS} components: "
+                f"set feature_components to 0 or {PROBE_COMPONENTS}, not "
+                f"{self.feature_components}"
+            )
+        return self
 
 
 class OutputsConfig(_Section):

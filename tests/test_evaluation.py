@@ -10,7 +10,6 @@ from conftest import SHARED_DATA, TEST_ENCODER
 from PIL import Image
 
 from hespotex.cli.main import main
-from hespotex.evaluation.crossval import CHOICES
 
 
 def test_evaluate_scores_a_held_out_section_writing_genes_summary_and_maps(
@@ -160,7 +159,9 @@ def test_no_choice_of_a_fold_depends_on_its_test_section(tmp_path):
         summary = json.loads((folder / "cv" / "summary.json").read_text())
         runs[shuffled] = folds, summary["genes_by_test_section"]
     (before, before_sets), (after, after_sets) = runs[False], runs[True]
+    choices = ["genes", "chosen_epoch", "probe_alpha", "served_hespotex", "served_probe"]
+    choices.append("served_ensemble")
     assert before_sets["right"] == after_sets["right"]
-    assert before.loc["right", list(CHOICES)].equals(after.loc["right", list(CHOICES)])
+    assert before.loc["right", choices].equals(after.loc["right", choices])
     assert not np.isclose(before.loc["right", "hespotex_all"], after.loc["right", "hespotex_all"])
     assert not np.isclose(before.loc["right", "probe_all"], after.loc["right", "probe_all"])

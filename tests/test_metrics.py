@@ -159,3 +159,24 @@ def test_summary_is_mean_over_folds_then_mean_and_sd_over_seeds_per_gene_set():
     assert lines[0] == "**all**" and "**markers** (≈ 17 genes)" in lines
     assert lines[4].startswith("| a / b | 3, 4 | 0.300 ± 0.141")
     assert sum(line.startswith("| **mean over folds** |") for line in lines) == 3
+
+
+def test_the_probe_keeps_only_the_directions_its_training_spots_vary_in():
+    """Dead or duplicated feature channels leave directions of no variance: they are not
+    components (whitening them would blow a new slide's value there up a million-fold)."""
+    rng = np.random.default_rng(6)
+    varying = rng.normal(size=(300, 5))
+    features = np.concatenate([varying, varying[:, :2], np.ones((300, 3))], axis=1)
+    targets = varying[:, :2] @ rng.normal(size=(2, 3))
+    probe = fit_probe([features[:200]], [targets[:200]], (features[200:], targets[200:]))
+    assert probe.n_components == 5
+    assert float(probe.component_variance.min()) > 1e-3
+    assert np.all(pearson_per_gene(targets[200:], probe.predict(features[200:])) > 0.95)
+
+
+def test_a_validation_section_of_constant_genes_keeps_the_first_strength():
+    rng = np.random.default_rng(8)
+    features = rng.normal(size=(100, 4))
+    targets = features @ rng.normal(size=(4, 2))
+    probe = fit_probe([features], [targets], (features[:10], np.ones((10, 2))), alphas=[1.0, 10.0])
+    assert float(probe.alpha) == 1.0

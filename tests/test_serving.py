@@ -107,3 +107,13 @@ def test_the_image_streams_linear_path_starts_as_the_probe_on_its_whitened_compo
     assert np.allclose(linear, probe.predict(features), atol=1e-4)
     assert not any(parameter.requires_grad for parameter in stream.linear_path.parameters())
     assert torch.count_nonzero(stream.gene_head[-1].weight) == 0
+
+
+def test_a_linear_path_needs_every_component_of_the_probe():
+    from hespotex.config import TrainingConfig
+
+    with pytest.raises(ValueError, match="set feature_components to 0 or 256, not 64"):
+        TrainingConfig(feature_components=64, linear_path=True)
+    assert TrainingConfig(feature_components=64).feature_components == 64
+    with pytest.raises(ValueError, match="less than or equal to 256"):
+        TrainingConfig(feature_components=300)

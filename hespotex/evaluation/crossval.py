@@ -58,7 +58,6 @@ logger = logging.getLogger(__name__)
 MODELS = (*SERVABLE, ServedModel.BEST)
 GENE_SETS = ("all", TOP_VARIANCE, MARKERS)
 LEADS = (ServedModel.HESPOTEX, ServedModel.ENSEMBLE, ServedModel.BEST)
-CHOICES = ("genes", "chosen_epoch", "probe_alpha", *(f"served_{model.value}" for model in SERVABLE))
 
 
 def fold_plan(section_ids: Sequence[str]) -> list[tuple[str, str, list[str]]]:

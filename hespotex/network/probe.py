@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from hespotex.config import PROBE_COMPONENTS
 from hespotex.metrics import pearson_per_gene
 
 logger = logging.getLogger(__name__)
 
-PROBE_COMPONENTS = 256
 # Up to 10⁷: on HER2ST with 1280-d features the best strength was once the grid's edge, where
 # a ridge's predictions converge (benchmarks/RESULTS.md); the grid reaches past it.
 RIDGE_ALPHAS = tuple(10.0**power for power in range(-1, 8))
@@ -56,6 +56,7 @@ class LinearProbe(nn.Module):
 
 
 ROWS_PER_CHUNK = 16_384
+RANK_TOLERANCE = 1e-10
 
 
 def standardised_chunks(
@@ -81,7 +82,10 @@ def principal_components(
         n_rows += len(chunk)
     covariance /= max(n_rows - 1, 1)
     variances, vectors = np.linalg.eigh(covariance)
-    order = np.argsort(variances)[::-1][:n_components]
+    # Only directions the training spots vary in: whitening a null direction would multiply
+    # whatever a new slide puts there by a million.
+    varying = variances > RANK_TOLERANCE * max(variances.max(), 0)
+    order = np.argsort(variances)[::-1][: min(n_components, int(varying.sum()) or 1)]
     # Each component's sign fixed (largest loading positive) so a refit gives the same basis.
     vectors = vectors[:, order]
     signs = np.sign(vectors[np.abs(vectors).argmax(axis=0), np.arange(vectors.shape[1])])
@@ -142,6 +146,7 @@ def fit_probe(
     components, variances = principal_components(
         standardised_chunks(inputs, mean, std), n_components
     )
+    n_components = components.shape[1]
     scores = np.empty((len(inputs), n_components))
     for rows, chunk in standardised_chunks(inputs, mean, std):
         scores[rows] = chunk @ components
@@ -152,16 +157,16 @@ def fit_probe(
     probe.feature_std.copy_(as_tensor(std))
     probe.components.copy_(as_tensor(components))
     probe.component_variance.copy_(as_tensor(variances))
-    best_score, best = -np.inf, None
-    for alpha, weight, intercept in ridge_path(scores, targets, candidates):
-        if validation is None:
-            best = (alpha, weight, intercept)
-            break
+    path = ridge_path(scores, targets, candidates)
+    best, best_score = path[0], -np.inf
+    if validation is not None:
         validation_scores = ((validation[0] - mean) / std) @ components
-        predicted = validation_scores @ weight + intercept
-        score = np.nanmean(pearson_per_gene(validation[1], predicted))
-        if score > best_score:
-            best_score, best = score, (alpha, weight, intercept)
+        for alpha, weight, intercept in path:
+            predicted = validation_scores @ weight + intercept
+            # A validation section whose genes are all constant scores NaN: the first stays.
+            score = np.nan_to_num(np.nanmean(pearson_per_gene(validation[1], predicted)), nan=-1)
+            if score > best_score:
+                best_score, best = score, (alpha, weight, intercept)
     alpha, weight, intercept = best
     weight, intercept = calibrated(scores, targets, weight, intercept)
     with torch.no_grad():

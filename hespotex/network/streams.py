@@ -141,18 +141,21 @@ class ImageStream(nn.Module):
         """Take the probe's standardisation and (whitened) components as the input, and start
         the linear path at the probe's solution with the gene head's last layer at zero: at
         the first step the stream predicts what the probe does, plus the graph decoder's
-        small initial output."""
+        small initial output (all of it times the nucleus factor when one is configured)."""
         with torch.no_grad():
             self.feature_mean.copy_(probe.feature_mean)
             self.feature_std.copy_(probe.feature_std)
             scale = probe.component_variance.sqrt()
-            if self.shape.input_components:
-                if probe.n_components != self.shape.input_components:
+            components = self.shape.input_components
+            if components:
+                if components > probe.n_components or (
+                    self.linear_path is not None and components != probe.n_components
+                ):
                     raise ValueError(
                         f"the probe has {probe.n_components} components, the stream reads "
-                        f"{self.shape.input_components}"
+                        f"{components}"
                     )
-                self.feature_basis.copy_(probe.components / scale)
+                self.feature_basis.copy_(probe.components[:, :components] / scale[:components])
                 weight = probe.linear.weight * scale
             else:
                 weight = probe.linear.weight @ probe.components.T

@@ -105,7 +105,7 @@ def train_image_stream(
         n_genes=n_genes,
         dropout=config.dropout,
         feature_dropout=config.feature_dropout,
-        input_components=config.feature_components and probe.n_components,
+        input_components=min(config.feature_components, probe.n_components),
         linear_path=config.linear_path,
     )
     model = ImageStream(shape).to(device)
