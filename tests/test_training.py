@@ -235,15 +235,7 @@ def test_the_gene_sets_are_the_pooled_top_variance_and_the_marker_panel_present(
 
     def section(name, n_spots, depth):
         counts = rng.poisson(depth * rng.dirichlet(np.ones(30) * 0.5, n_spots))
-        return Section(
-            name,
-            SHARED_DATA,
-            None,
-            sparse.csr_matrix(counts, dtype=np.float32),
-            names,
-            pd.Index(map(str, range(n_spots))),
-            rng.uniform(0, 100, (n_spots, 2)),
-        )
+        return _section(name, counts, list(names))
 
     sections = [section("a", 200, 2000), section("b", 150, 200)]
     pooled = []

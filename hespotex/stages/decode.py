@@ -52,10 +52,6 @@ from hespotex.paths import SlidePaths
 logger = logging.getLogger(__name__)
 
 
-def _floats(values: list[float | None]) -> np.ndarray:
-    return np.array([np.nan if value is None else value for value in values], dtype=float)
-
-
 def gene_table(meta: CheckpointMeta, served: list[ServedModel]) -> pd.DataFrame:
     """``var``: one row per gene: the model served, its trusted score (``served_pearson``),
     and a column per score the checkpoint carries (NaN: none)."""
@@ -64,8 +60,8 @@ def gene_table(meta: CheckpointMeta, served: list[ServedModel]) -> pd.DataFrame:
             "served_model": pd.Categorical(
                 [model.value for model in served], categories=[m.value for m in SERVABLE]
             ),
-            "served_pearson": _floats(meta.served_scores(served)),
-            **{name: _floats(values) for name, values in meta.gene_scores.items()},
+            "served_pearson": np.array(meta.served_scores(served), dtype=float),
+            **{name: np.array(values, dtype=float) for name, values in meta.gene_scores.items()},
         },
         index=pd.Index(meta.genes, name=None),
     )
