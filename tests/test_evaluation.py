@@ -1,6 +1,7 @@
 """`hespotex evaluate` end to end on the checkpoint trained on the demo's planted sections."""
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -165,3 +166,53 @@ def test_no_choice_of_a_fold_depends_on_its_test_section(tmp_path):
     assert before.loc["right", choices].equals(after.loc["right", choices])
     assert not np.isclose(before.loc["right", "hespotex_all"], after.loc["right", "hespotex_all"])
     assert not np.isclose(before.loc["right", "probe_all"], after.loc["right", "probe_all"])
+
+
+def test_a_rerun_crossval_skips_the_folds_it_scored_and_rescores_those_of_other_settings(
+    tmp_path, monkeypatch, caplog
+):
+    """A killed crossval's scored folds and seeds are kept: the rerun trains only what is
+    missing (here one deleted fold and a new seed) and writes the same tables; a fold scored
+    with other settings, or whose record is unreadable, is scored afresh."""
+    import hespotex.evaluation.crossval as crossval
+
+    trained = []
+    real_fit = crossval.fit
+
+    def counting_fit(sections, validation, config, *args, **kwargs):
+        trained.append((validation, config.training.seed))
+        return real_fit(sections, validation, config, *args, **kwargs)
+
+    monkeypatch.setattr(crossval, "fit", counting_fit)
+    sheet = xfuse_thirds(tmp_path)
+    config = crossval_config(tmp_path, top_variance_genes=4)
+    out = tmp_path / "cv"
+
+    def run(*seeds):
+        trained.clear()
+        command = ["crossval", "--sections", str(sheet), "--config", str(config),
+                   "--out", str(out), "--seeds", *map(str, seeds)]  # fmt: skip
+        assert main(command) == 0
+        return pd.read_csv(out / "folds.tsv", sep="\t"), pd.read_csv(out / "genes.tsv", sep="\t")
+
+    first_folds, first_genes = run(0)
+    assert len(trained) == 3
+    assert sorted(path.name for path in (out / "runs").iterdir()) == [
+        "left.seed0", "middle.seed0", "right.seed0"
+    ]  # fmt: skip
+    assert run(0)[0].equals(first_folds) and trained == []
+    shutil.rmtree(out / "runs" / "middle.seed0")
+    (out / "runs" / "right.seed0" / "record.json").write_text("{ cut short")
+    folds, genes = run(0, 1)
+    assert len(trained) == 5 and sorted(seed for _, seed in trained) == [0, 0, 1, 1, 1]
+    assert "right.seed0 is unreadable" in caplog.text
+    assert len(folds) == 6 and set(folds["seed"]) == {0, 1}
+    pd.testing.assert_frame_equal(folds[folds["seed"] == 0].reset_index(drop=True), first_folds)
+    pd.testing.assert_frame_equal(
+        genes[genes["seed"] == 0].reset_index(drop=True), first_genes, check_exact=True
+    )
+    changed = crossval_config(tmp_path, top_variance_genes=4, epochs=6)
+    trained.clear()
+    assert main(["crossval", "--sections", str(sheet), "--config", str(changed),
+                 "--out", str(out), "--seeds", "0"]) == 0  # fmt: skip
+    assert len(trained) == 3 and "scored with other settings or data" in caplog.text

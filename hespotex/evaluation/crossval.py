@@ -12,13 +12,16 @@ for all folds and seeds; with stain normalisation to the training sections' stai
 (``stain.target: checkpoint``) once per fold, each normalised to that fold's training
 sections' stain as its checkpoint would be. Written: ``folds.tsv`` (one row per fold and seed,
 with its choices), ``genes.tsv`` (per gene and model), ``summary.json`` and ``summary.md`` (per
-gene set, per fold and overall, mean ± sd over seeds). ``hespotex train --gene-scores`` copies
+gene set, per fold and overall, mean ± sd over seeds), and ``runs/<test>.seed<seed>/`` as each
+fold and seed is scored: rerun, a killed crossval goes on from there, and more seeds can be
+added to a finished one. ``hespotex train --gene-scores`` copies
 each gene's mean held-out Pearson of each model into the checkpoint it trains (``cv_pearson``,
 ``probe_cv_pearson``, ``ensemble_cv_pearson``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -27,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from hespotex import __version__
 from hespotex.config import PipelineConfig, ServedModel
 from hespotex.encoder.build import load_encoder
 from hespotex.encoder.devices import pick_device
@@ -52,11 +56,13 @@ from hespotex.training.genes import (
     seurat_v3_ranks,
     shared_genes,
 )
+from hespotex.training.resume import fingerprint
 
 logger = logging.getLogger(__name__)
 
 MODELS = (*SERVABLE, ServedModel.BEST)
 GENE_SETS = ("all", TOP_VARIANCE, MARKERS)
+RUNS = "runs"
 LEADS = (ServedModel.HESPOTEX, ServedModel.ENSEMBLE, ServedModel.BEST)
 
 
@@ -187,6 +193,130 @@ def summary_tables(folds: pd.DataFrame) -> tuple[dict, list[str]]:
 
 
 Encodings = Callable[[StainSetting], dict[str, EncodedSection]]
+FoldResult = tuple[dict, pd.DataFrame, dict[str, list[str]]]
+
+
+def fold_fingerprint(
+    config: PipelineConfig,
+    genes: list[str],
+    fold: Sequence[EncodedSection],
+    stain: StainSetting,
+) -> str:
+    """What one fold and seed's scores depend on: the config (seed included), the genes, each
+    section's role, features and counts, the stain target and this version of hespotex."""
+    digest = hashlib.sha256(fingerprint(config, genes, fold).encode())
+    digest.update(f"{__version__} {stain.fingerprint}".encode())
+    for encoded in fold:
+        counts = encoded.section.counts
+        for part in (counts.data, counts.indices, counts.indptr):
+            digest.update(np.ascontiguousarray(part).tobytes())
+    return digest.hexdigest()
+
+
+class FoldRecord:
+    """One fold and seed's scores, kept in ``runs/<test>.seed<seed>/`` as soon as they are
+    known, so a rerun of a killed crossval (hours on CPU) skips what it already scored. A record
+    of other settings or data (another fingerprint) or an unreadable one is scored afresh."""
+
+    def __init__(self, folder: Path, fingerprint: str):
+        self.folder = folder
+        self.fingerprint = fingerprint
+
+    def load(self) -> FoldResult | None:
+        record_path = self.folder / "record.json"
+        if not record_path.is_file():
+            return None
+        try:
+            record = json.loads(record_path.read_text())
+            # Only an empty cell is missing: a gene may be called NA.
+            table = pd.read_csv(
+                self.folder / "genes.tsv", sep="\t", keep_default_na=False, na_values=[""]
+            )
+        except (OSError, ValueError, pd.errors.ParserError) as error:
+            logger.warning("%s is unreadable (%s); scoring the fold afresh", self.folder, error)
+            return None
+        if record.get("fingerprint") != self.fingerprint:
+            logger.warning(
+                "%s was scored with other settings or data; scoring the fold afresh", self.folder
+            )
+            return None
+        logger.info("fold and seed already scored: %s", self.folder)
+        return dict(record["row"]), table, record["gene_sets"]
+
+    def save(self, result: FoldResult) -> None:
+        row, table, gene_sets = result
+        with atomic_path(self.folder) as tmp:
+            tmp.mkdir()
+            write_tsv(tmp / "genes.tsv", table)
+            write_json(
+                tmp / "record.json",
+                # The row as pairs: its column order survives the sorted keys.
+                {"fingerprint": self.fingerprint, "row": list(row.items()), "gene_sets": gene_sets},
+            )
+
+
+def _score_fold(
+    encoded: dict[str, EncodedSection],
+    roles: tuple[str, str, list[str]],
+    config: PipelineConfig,
+    encoder: EncoderIdentity,
+    genes: list[str],
+    stain: StainSetting,
+) -> FoldResult:
+    """Train on the fold's training sections (epoch and ridge strength chosen on its validation
+    section), then score every model on its test section."""
+    test, validation, training = roles
+    seed = config.training.seed
+    checkpoint = fit(
+        [encoded[section_id] for section_id in [*training, validation]],
+        validation,
+        config,
+        encoder,
+        genes=genes,
+        stain=stain,
+    )
+    meta = checkpoint.meta
+    table, _ = evaluate_encoded(checkpoint, [encoded[test]], None, ServedModel.BEST)
+    served = meta.served_models(ServedModel.BEST, "the fold's checkpoint")
+    row = {
+        "test": test,
+        "validation": validation,
+        "seed": seed,
+        "training": ",".join(training),
+        "n_all": len(meta.genes),
+        **{f"n_{name}": len(members) for name, members in meta.gene_sets.items()},
+        "genes": ",".join(meta.genes),
+        "chosen_epoch": meta.training["chosen_epoch"],
+        "probe_alpha": meta.training["probe_alpha"],
+        **{f"served_{model.value}": served.count(model) for model in SERVABLE},
+        # What settings may be compared by: the inner validation section's scores
+        # (optimistic, as it chose the epoch and strength), never the test section's.
+        **{
+            f"validation_{model.value}": float(
+                np.nanmean(
+                    np.array(meta.gene_scores[score_name(model, "validation_pearson")], dtype=float)
+                )
+            )
+            for model in SERVABLE
+        },
+    }
+    for model in MODELS:
+        summary = summarise(table[table["model"] == model.value])
+        row.update(
+            {f"{model.value}_{gene_set}": summary[f"pearson_{gene_set}"]
+             for gene_set in GENE_SETS}
+        )  # fmt: skip
+    logger.info(
+        "fold %s seed %d, mean Pearson (all / top variance / markers): %s",
+        test,
+        seed,
+        "; ".join(
+            f"{model.value} "
+            + " / ".join(f"{row[f'{model.value}_{gene_set}']:.4f}" for gene_set in GENE_SETS)
+            for model in MODELS
+        ),
+    )
+    return row, table.assign(seed=seed), {"genes": meta.genes, **meta.gene_sets}
 
 
 def run_crossval(
@@ -237,63 +367,20 @@ def crossval_sections(
             seeded = config.model_copy(
                 update={"training": config.training.model_copy(update={"seed": seed})}
             )
-            logger.info("fold test %s, validation %s, seed %d", test, validation, seed)
-            checkpoint = fit(
-                [encoded[section_id] for section_id in [*training, validation]],
-                validation,
-                seeded,
-                encoder,
-                genes=genes,
-                stain=stain,
+            fold = [encoded[section_id] for section_id in [*training, validation, test]]
+            record = FoldRecord(
+                out_dir / RUNS / f"{test}.seed{seed}", fold_fingerprint(seeded, genes, fold, stain)
             )
-            meta = checkpoint.meta
-            table, _ = evaluate_encoded(checkpoint, [encoded[test]], None, ServedModel.BEST)
-            genes_by_fold[test] = {"genes": meta.genes, **meta.gene_sets}
-            served = meta.served_models(ServedModel.BEST, "the fold's checkpoint")
-            row = {
-                "test": test,
-                "validation": validation,
-                "seed": seed,
-                "training": ",".join(training),
-                "n_all": len(meta.genes),
-                **{f"n_{name}": len(members) for name, members in meta.gene_sets.items()},
-                "genes": ",".join(meta.genes),
-                "chosen_epoch": meta.training["chosen_epoch"],
-                "probe_alpha": meta.training["probe_alpha"],
-                **{f"served_{model.value}": served.count(model) for model in SERVABLE},
-                # What settings may be compared by: the inner validation section's scores
-                # (optimistic, as it chose the epoch and strength), never the test section's.
-                **{
-                    f"validation_{model.value}": float(
-                        np.nanmean(
-                            np.array(
-                                meta.gene_scores[score_name(model, "validation_pearson")],
-                                dtype=float,
-                            )
-                        )
-                    )
-                    for model in SERVABLE
-                },
-            }
-            for model in MODELS:
-                summary = summarise(table[table["model"] == model.value])
-                row.update(
-                    {f"{model.value}_{gene_set}": summary[f"pearson_{gene_set}"]
-                     for gene_set in GENE_SETS}
-                )  # fmt: skip
-            gene_tables.append(table.assign(seed=seed))
-            logger.info(
-                "fold %s seed %d, mean Pearson (all / top variance / markers): %s",
-                test,
-                seed,
-                "; ".join(
-                    f"{model.value} "
-                    + " / ".join(
-                        f"{row[f'{model.value}_{gene_set}']:.4f}" for gene_set in GENE_SETS
-                    )
-                    for model in MODELS
-                ),
-            )
+            finished = record.load()
+            if finished is None:
+                logger.info("fold test %s, validation %s, seed %d", test, validation, seed)
+                finished = _score_fold(
+                    encoded, (test, validation, training), seeded, encoder, genes, stain
+                )
+                record.save(finished)
+            row, table, gene_sets = finished
+            genes_by_fold[test] = gene_sets
+            gene_tables.append(table)
             rows.append(row)
     folds = pd.DataFrame(rows)
     overall, lines = summary_tables(folds)

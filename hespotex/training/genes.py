@@ -90,13 +90,15 @@ def detected_in_every_section(
 
 def genes_of_interest(wanted: Sequence[str], chosen: list[str], available: list[str]) -> list[str]:
     """``training.include_genes`` not chosen already; each must be available."""
-    absent = [gene for gene in wanted if gene not in set(available)]
+    known = set(available)
+    absent = [gene for gene in wanted if gene not in known]
     if absent:
         raise InputDataError(
             "training.include_genes",
             f"{', '.join(absent)} not in every section (or detected in too few spots)",
         )
-    return [gene for gene in dict.fromkeys(wanted) if gene not in set(chosen)]
+    taken = set(chosen)
+    return [gene for gene in dict.fromkeys(wanted) if gene not in taken]
 
 
 def read_gene_list(path: Path, available: list[str]) -> list[str]:
@@ -107,7 +109,8 @@ def read_gene_list(path: Path, available: list[str]) -> list[str]:
     wanted = list(dict.fromkeys(gene for gene in wanted if gene and not gene.startswith("#")))
     if not wanted:
         raise InputDataError(path, "the gene list is empty")
-    absent = [gene for gene in wanted if gene not in set(available)]
+    known = set(available)
+    absent = [gene for gene in wanted if gene not in known]
     if absent:
         raise InputDataError(path, f"{len(absent)} gene(s) not in every section: {absent[:10]}")
     return wanted
@@ -129,7 +132,8 @@ def top_variance_genes(sections: Sequence[Section], genes: list[str], n_top: int
 
 def marker_genes(wanted: Sequence[str], available: list[str]) -> list[str]:
     """The panel's genes among ``available`` (a panel for another tissue is not an error)."""
-    return [gene for gene in dict.fromkeys(wanted) if gene in set(available)]
+    known = set(available)
+    return [gene for gene in dict.fromkeys(wanted) if gene in known]
 
 
 def gene_sets(
@@ -155,7 +159,8 @@ def select_genes(
     ``gene_sets`` are added, unless a gene list is given (then they are taken within it)."""
     shared = shared_genes(sections)
     for genes in also_in:
-        shared = [gene for gene in shared if gene in set(genes)]
+        named = set(genes)
+        shared = [gene for gene in shared if gene in named]
     shared = detected_in_every_section(sections, shared, config.min_cells)
     ranks = pd.concat(
         [
@@ -179,7 +184,8 @@ def select_genes(
     chosen = [*chosen, *genes_of_interest(config.include_genes, chosen, shared)]
     if config.genes_file is None:
         for members in gene_sets(sections, config, shared).values():
-            chosen = [*chosen, *(gene for gene in members if gene not in set(chosen))]
+            taken = set(chosen)
+            chosen = [*chosen, *(gene for gene in members if gene not in taken)]
     missing = sorted(set(config.marker_genes) - set(chosen))
     if missing:
         logger.warning(
