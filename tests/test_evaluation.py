@@ -204,7 +204,8 @@ def test_a_rerun_crossval_skips_the_folds_it_scored_and_rescores_those_of_other_
     shutil.rmtree(out / "runs" / "middle.seed0")
     (out / "runs" / "right.seed0" / "record.json").write_text("{ cut short")
     folds, genes = run(0, 1)
-    assert len(trained) == 5 and sorted(seed for _, seed in trained) == [0, 0, 1, 1, 1]
+    # Seed by seed: a run stopped part-way leaves whole seeds.
+    assert [seed for _, seed in trained] == [0, 0, 1, 1, 1]
     assert "right.seed0 is unreadable" in caplog.text
     assert len(folds) == 6 and set(folds["seed"]) == {0, 1}
     pd.testing.assert_frame_equal(folds[folds["seed"] == 0].reset_index(drop=True), first_folds)

@@ -353,7 +353,7 @@ def crossval_sections(
     out_dir.mkdir(parents=True, exist_ok=True)
     everywhere = shared_genes(sections)
     ranks = {section.section_id: seurat_v3_ranks(section, everywhere) for section in sections}
-    rows, gene_tables, genes_by_fold = [], [], {}
+    folds_planned = []
     for test, validation, training in fold_plan(list(by_id)):
         stain = training_stain([by_id[section_id] for section_id in training], config)
         encoded = encodings(stain)
@@ -363,25 +363,29 @@ def crossval_sections(
             [encoded[section_id].section.genes for section_id in (validation, test)],
             ranks,
         )
-        for seed in seeds:
-            seeded = config.model_copy(
-                update={"training": config.training.model_copy(update={"seed": seed})}
-            )
+        folds_planned.append(((test, validation, training), stain, encoded, genes))
+    results: dict[tuple[str, int], FoldResult] = {}
+    # Seed by seed, so a run stopped part-way has whole seeds to summarise (rerun with those).
+    for seed in seeds:
+        seeded = config.model_copy(
+            update={"training": config.training.model_copy(update={"seed": seed})}
+        )
+        for roles, stain, encoded, genes in folds_planned:
+            test, validation, training = roles
             fold = [encoded[section_id] for section_id in [*training, validation, test]]
             record = FoldRecord(
                 out_dir / RUNS / f"{test}.seed{seed}", fold_fingerprint(seeded, genes, fold, stain)
             )
-            finished = record.load()
-            if finished is None:
+            scored = record.load()
+            if scored is None:
                 logger.info("fold test %s, validation %s, seed %d", test, validation, seed)
-                finished = _score_fold(
-                    encoded, (test, validation, training), seeded, encoder, genes, stain
-                )
-                record.save(finished)
-            row, table, gene_sets = finished
-            genes_by_fold[test] = gene_sets
-            gene_tables.append(table)
-            rows.append(row)
+                scored = _score_fold(encoded, roles, seeded, encoder, genes, stain)
+                record.save(scored)
+            results[test, seed] = scored
+    ordered = [results[roles[0], seed] for roles, *_ in folds_planned for seed in seeds]
+    rows = [row for row, _, _ in ordered]
+    gene_tables = [table for _, table, _ in ordered]
+    genes_by_fold = {row["test"]: gene_sets for row, _, gene_sets in ordered}
     folds = pd.DataFrame(rows)
     overall, lines = summary_tables(folds)
     write_tsv(out_dir / "folds.tsv", folds)
