@@ -163,8 +163,9 @@ def fit_probe(
         validation_scores = ((validation[0] - mean) / std) @ components
         for alpha, weight, intercept in path:
             predicted = validation_scores @ weight + intercept
-            # A validation section whose genes are all constant scores NaN: the first stays.
-            score = np.nan_to_num(np.nanmean(pearson_per_gene(validation[1], predicted)), nan=-1)
+            correlations = pearson_per_gene(validation[1], predicted)
+            # A validation section whose genes are all constant scores nothing: the first stays.
+            score = np.nanmean(correlations) if np.isfinite(correlations).any() else -1.0
             if score > best_score:
                 best_score, best = score, (alpha, weight, intercept)
     alpha, weight, intercept = best
