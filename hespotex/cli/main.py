@@ -286,7 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
     crossval = _add_scoring(
         subparsers, "crossval", cmd_crossval, "leave-one-section-out, against a ridge probe"
     )
-    crossval.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    crossval.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2],
+        help="training seeds, one after another; a fold and seed already scored in --out "
+        "(its runs/ folder) with the same settings and data is reused, not trained again",
+    )
 
     export = subparsers.add_parser(
         "export-onnx", help="write the configured encoder as ONNX (features.runtime: onnx)"
