@@ -1,6 +1,7 @@
 """`hespotex evaluate` end to end on the checkpoint trained on the demo's planted sections."""
 
 import json
+import logging
 import shutil
 
 import numpy as np
@@ -168,52 +169,64 @@ def test_no_choice_of_a_fold_depends_on_its_test_section(tmp_path):
     assert not np.isclose(before.loc["right", "probe_all"], after.loc["right", "probe_all"])
 
 
-def test_a_rerun_crossval_skips_the_folds_it_scored_and_rescores_those_of_other_settings(
+def test_a_rerun_crossval_reuses_the_folds_it_scored_and_rescores_what_changed(
     tmp_path, monkeypatch, caplog
 ):
-    """A killed crossval's scored folds and seeds are kept: the rerun trains only what is
-    missing (here one deleted fold and a new seed) and writes the same tables; a fold scored
-    with other settings, or whose record is unreadable, is scored afresh."""
+    """A killed crossval's scored folds and seeds are kept: the rerun scores only what is
+    missing (a deleted record, an unreadable one, a new seed), seed by seed, and writes tables
+    identical to the last digit; a record of other settings or other data is scored afresh."""
     import hespotex.evaluation.crossval as crossval
 
-    trained = []
-    real_fit = crossval.fit
+    scored = []
+    score_fold = crossval._score_fold
 
-    def counting_fit(sections, validation, config, *args, **kwargs):
-        trained.append((validation, config.training.seed))
-        return real_fit(sections, validation, config, *args, **kwargs)
+    def recording_score_fold(encoded, roles, config, *args):
+        scored.append((roles[0], config.training.seed))
+        return score_fold(encoded, roles, config, *args)
 
-    monkeypatch.setattr(crossval, "fit", counting_fit)
+    monkeypatch.setattr(crossval, "_score_fold", recording_score_fold)
+    caplog.set_level(logging.INFO, logger=crossval.__name__)
     sheet = xfuse_thirds(tmp_path)
-    config = crossval_config(tmp_path, top_variance_genes=4)
     out = tmp_path / "cv"
 
-    def run(*seeds):
-        trained.clear()
+    def run(*seeds, **training):
+        scored.clear()
+        caplog.clear()
+        config = crossval_config(tmp_path, top_variance_genes=4, **training)
         command = ["crossval", "--sections", str(sheet), "--config", str(config),
                    "--out", str(out), "--seeds", *map(str, seeds)]  # fmt: skip
         assert main(command) == 0
-        return pd.read_csv(out / "folds.tsv", sep="\t"), pd.read_csv(out / "genes.tsv", sep="\t")
+        return [(out / name).read_text() for name in ("folds.tsv", "genes.tsv", "summary.md")]
 
-    first_folds, first_genes = run(0)
-    assert len(trained) == 3
+    def seed_rows(table: str, column: int, seed: int) -> list[str]:
+        return [line for line in table.splitlines()[1:] if line.split("\t")[column] == str(seed)]
+
+    first = run(0)
+    assert scored == [("left", 0), ("middle", 0), ("right", 0)]
     assert sorted(path.name for path in (out / "runs").iterdir()) == [
         "left.seed0", "middle.seed0", "right.seed0"
     ]  # fmt: skip
-    assert run(0)[0].equals(first_folds) and trained == []
+    assert run(0) == first and scored == []
+    assert caplog.text.count("already scored") == 3
     shutil.rmtree(out / "runs" / "middle.seed0")
     (out / "runs" / "right.seed0" / "record.json").write_text("{ cut short")
-    folds, genes = run(0, 1)
-    # Seed by seed: a run stopped part-way leaves whole seeds.
-    assert [seed for _, seed in trained] == [0, 0, 1, 1, 1]
+    folds, genes, _ = run(0, 1)
+    assert scored == [("middle", 0), ("right", 0), ("left", 1), ("middle", 1), ("right", 1)]
     assert "right.seed0 is unreadable" in caplog.text
-    assert len(folds) == 6 and set(folds["seed"]) == {0, 1}
-    pd.testing.assert_frame_equal(folds[folds["seed"] == 0].reset_index(drop=True), first_folds)
-    pd.testing.assert_frame_equal(
-        genes[genes["seed"] == 0].reset_index(drop=True), first_genes, check_exact=True
-    )
-    changed = crossval_config(tmp_path, top_variance_genes=4, epochs=6)
-    trained.clear()
-    assert main(["crossval", "--sections", str(sheet), "--config", str(changed),
-                 "--out", str(out), "--seeds", "0"]) == 0  # fmt: skip
-    assert len(trained) == 3 and "scored with other settings or data" in caplog.text
+    assert seed_rows(folds, 2, 0) == first[0].splitlines()[1:]
+    assert seed_rows(genes, -1, 0) == first[1].splitlines()[1:]
+    assert len(seed_rows(folds, 2, 1)) == 3 and folds.splitlines()[0] == first[0].splitlines()[0]
+    only_seed_1 = run(1)
+    assert scored == [] and seed_rows(only_seed_1[1], -1, 1) == seed_rows(genes, -1, 1)
+
+    counts_path = sheet.parent / "right.counts.tsv"
+    counts = pd.read_csv(counts_path, sep="\t", index_col=0)
+    counts.iloc[0, 0] += 1
+    counts.to_csv(counts_path, sep="\t")
+    run(1)
+    assert scored == [("left", 1), ("middle", 1), ("right", 1)]
+    assert caplog.text.count("scored with other settings, data or code") == 3
+    run(1, epochs=6)
+    assert len(scored) == 3 and "scored with other settings, data or code" in caplog.text
+    run(1, epochs=6)
+    assert scored == []

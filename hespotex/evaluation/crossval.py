@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hespotex import __version__
 from hespotex.config import PipelineConfig, ServedModel
 from hespotex.encoder.build import load_encoder
 from hespotex.encoder.devices import pick_device
@@ -196,19 +195,42 @@ Encodings = Callable[[StainSetting], dict[str, EncodedSection]]
 FoldResult = tuple[dict, pd.DataFrame, dict[str, list[str]]]
 
 
+# The modules a fold's scores come from: a record scored by other code is not reused.
+SCORING_SOURCES = ("config.py", "metrics.py", "network", "training", "evaluation")
+
+
+def scoring_code_digest() -> str:
+    package = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for name in SCORING_SOURCES:
+        path = package / name
+        for source in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            digest.update(source.relative_to(package).as_posix().encode())
+            digest.update(source.read_bytes())
+    return digest.hexdigest()
+
+
 def fold_fingerprint(
     config: PipelineConfig,
     genes: list[str],
     fold: Sequence[EncodedSection],
     stain: StainSetting,
 ) -> str:
-    """What one fold and seed's scores depend on: the config (seed included), the genes, each
-    section's role, features and counts, the stain target and this version of hespotex."""
+    """What one fold and seed's scores depend on: the whole config (seed included), the genes,
+    each section's role, features, nucleus counts, counts with their gene and spot names, spot
+    centres, the stain target, and the code that trains and scores."""
     digest = hashlib.sha256(fingerprint(config, genes, fold).encode())
-    digest.update(f"{__version__} {stain.fingerprint}".encode())
+    digest.update(config.model_dump_json().encode())
+    digest.update(f"{stain.fingerprint} {scoring_code_digest()}".encode())
     for encoded in fold:
-        counts = encoded.section.counts
-        for part in (counts.data, counts.indices, counts.indptr):
+        section = encoded.section
+        digest.update(json.dumps([list(section.genes), list(section.spot_ids)]).encode())
+        digest.update(np.asarray(section.counts.shape).tobytes())
+        parts = [section.counts.data, section.counts.indices, section.counts.indptr]
+        parts += [section.centres_px]
+        if encoded.nucleus_counts is not None:
+            parts.append(encoded.nucleus_counts)
+        for part in parts:
             digest.update(np.ascontiguousarray(part).tobytes())
     return digest.hexdigest()
 
@@ -228,20 +250,30 @@ class FoldRecord:
             return None
         try:
             record = json.loads(record_path.read_text())
-            # Only an empty cell is missing: a gene may be called NA.
+            fingerprint_kept = record.get("fingerprint")
+            result = dict(record["row"]), record["gene_sets"]
             table = pd.read_csv(
-                self.folder / "genes.tsv", sep="\t", keep_default_na=False, na_values=[""]
+                self.folder / "genes.tsv",
+                sep="\t",
+                # Names stay text (a gene may be called NA, a section 01); floats come back
+                # to the last bit, as a fold scored afresh has them.
+                dtype={"section": str, "gene": str, "model": str},
+                keep_default_na=False,
+                na_values=[""],
+                float_precision="round_trip",
             )
-        except (OSError, ValueError, pd.errors.ParserError) as error:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             logger.warning("%s is unreadable (%s); scoring the fold afresh", self.folder, error)
             return None
-        if record.get("fingerprint") != self.fingerprint:
+        if fingerprint_kept != self.fingerprint:
             logger.warning(
-                "%s was scored with other settings or data; scoring the fold afresh", self.folder
+                "%s was scored with other settings, data or code; scoring the fold afresh",
+                self.folder,
             )
             return None
         logger.info("fold and seed already scored: %s", self.folder)
-        return dict(record["row"]), table, record["gene_sets"]
+        row, gene_sets = result
+        return row, table, gene_sets
 
     def save(self, result: FoldResult) -> None:
         row, table, gene_sets = result
