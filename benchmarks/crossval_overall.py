@@ -13,9 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-MODELS = ("hespotex", "probe", "ensemble", "best")
-LEADS = ("hespotex", "ensemble", "best")
-GENE_SETS = ("all", "top_variance", "markers")
+from hespotex.evaluation.crossval import GENE_SETS, LEADS, MODELS
 
 
 def cell(overall: dict, name: str) -> str:
@@ -34,9 +32,9 @@ def rows(run: Path) -> list[str]:
     label = f"{identity['architecture']} ({weights}), {summary['preset']}"
     return [
         f"| {label} | {gene_set} | {seeds} | "
-        + " | ".join(cell(overall, f"{model}_{gene_set}") for model in MODELS)
+        + " | ".join(cell(overall, f"{model.value}_{gene_set}") for model in MODELS)
         + " | "
-        + " | ".join(cell(overall, f"lead_{model}_{gene_set}") for model in LEADS)
+        + " | ".join(cell(overall, f"lead_{model.value}_{gene_set}") for model in LEADS)
         + " |"
         for gene_set in GENE_SETS
     ]
@@ -46,8 +44,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", type=Path, nargs="+", help="hespotex crossval output folders")
     args = parser.parse_args()
-    header = ["encoder, preset", "gene set", "seeds", *MODELS]
-    header += [f"{model} − probe" for model in LEADS]
+    header = ["encoder, preset", "gene set", "seeds", *(model.value for model in MODELS)]
+    header += [f"{model.value} − probe" for model in LEADS]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for run in args.runs:
