@@ -230,3 +230,31 @@ def test_a_rerun_crossval_reuses_the_folds_it_scored_and_rescores_what_changed(
     assert len(scored) == 3 and "scored with other settings, data or code" in caplog.text
     run(1, epochs=6)
     assert scored == []
+
+
+def test_the_code_digest_of_kept_folds_ignores_comments_and_docstrings_but_not_code(tmp_path):
+    """Rewording a comment or docstring of the scoring code keeps a crossval's records; a change
+    to what the code does, or a new module, makes them stale."""
+    from hespotex.evaluation.crossval import code_digest
+
+    package = tmp_path / "package"
+    (package / "training").mkdir(parents=True)
+    loop = package / "training" / "loop.py"
+    loop.write_text('"""Trains."""\n\n\ndef step(x):\n    """One step."""\n    return x + 1\n')
+    (package / "metrics.py").write_text("def score(a, b):\n    return a - b\n")
+
+    def digest() -> str:
+        return code_digest(package, ["metrics.py", "training"])
+
+    kept = digest()
+    loop.write_text(
+        '"""Trains the network."""\n# why: one step per batch\ndef step(x):\n'
+        '    """One optimiser step."""\n    return x + 1  # plus one\n'
+    )
+    assert digest() == kept
+    loop.write_text("def step(x):\n    return x + 2\n")
+    assert digest() != kept
+    loop.write_text("def step(x):\n    return x + 1\n")
+    assert digest() == kept
+    (package / "training" / "schedule.py").write_text("RATE = 0.1\n")
+    assert digest() != kept

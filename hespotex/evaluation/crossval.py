@@ -14,13 +14,14 @@ sections' stain as its checkpoint would be. Written: ``folds.tsv`` (one row per 
 with its choices), ``genes.tsv`` (per gene and model), ``summary.json`` and ``summary.md`` (per
 gene set, per fold and overall, mean ± sd over seeds), and ``runs/<test>.seed<seed>/`` as each
 fold and seed is scored: rerun, a killed crossval goes on from there, and more seeds can be
-added to a finished one. ``hespotex train --gene-scores`` copies
-each gene's mean held-out Pearson of each model into the checkpoint it trains (``cv_pearson``,
-``probe_cv_pearson``, ``ensemble_cv_pearson``).
+added to a finished one. ``hespotex train --gene-scores`` copies each gene's mean held-out
+Pearson of each model into the checkpoint it trains (``cv_pearson``, ``probe_cv_pearson``,
+``ensemble_cv_pearson``).
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import logging
@@ -199,15 +200,35 @@ FoldResult = tuple[dict, pd.DataFrame, dict[str, list[str]]]
 SCORING_SOURCES = ("config.py", "metrics.py", "network", "training", "evaluation")
 
 
-def scoring_code_digest() -> str:
-    package = Path(__file__).resolve().parents[1]
+def _without_docstrings(tree: ast.Module) -> ast.Module:
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (
+            isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
+            node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+def code_digest(root: Path, names: Sequence[str]) -> str:
+    """A digest of the Python code under ``root/<name>`` (files or folders) that ignores
+    comments, docstrings and layout: rewording them keeps the records hours of CPU made."""
     digest = hashlib.sha256()
-    for name in SCORING_SOURCES:
-        path = package / name
+    for name in names:
+        path = root / name
         for source in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
-            digest.update(source.relative_to(package).as_posix().encode())
-            digest.update(source.read_bytes())
+            tree = _without_docstrings(ast.parse(source.read_bytes(), filename=str(source)))
+            digest.update(source.relative_to(root).as_posix().encode())
+            digest.update(ast.dump(tree).encode())
     return digest.hexdigest()
+
+
+def scoring_code_digest() -> str:
+    return code_digest(Path(__file__).resolve().parents[1], SCORING_SOURCES)
 
 
 def fold_fingerprint(
@@ -215,13 +236,14 @@ def fold_fingerprint(
     genes: list[str],
     fold: Sequence[EncodedSection],
     stain: StainSetting,
+    code: str,
 ) -> str:
     """What one fold and seed's scores depend on: the whole config (seed included), the genes,
     each section's role, features, nucleus counts, counts with their gene and spot names, spot
-    centres, the stain target, and the code that trains and scores."""
+    centres, the stain target, and ``code`` (``scoring_code_digest``)."""
     digest = hashlib.sha256(fingerprint(config, genes, fold).encode())
     digest.update(config.model_dump_json().encode())
-    digest.update(f"{stain.fingerprint} {scoring_code_digest()}".encode())
+    digest.update(f"{stain.fingerprint} {code}".encode())
     for encoded in fold:
         section = encoded.section
         digest.update(json.dumps([list(section.genes), list(section.spot_ids)]).encode())
@@ -238,7 +260,8 @@ def fold_fingerprint(
 class FoldRecord:
     """One fold and seed's scores, kept in ``runs/<test>.seed<seed>/`` as soon as they are
     known, so a rerun of a killed crossval (hours on CPU) skips what it already scored. A record
-    of other settings or data (another fingerprint) or an unreadable one is scored afresh."""
+    of other settings, data or code (another fingerprint) or an unreadable one is scored
+    afresh."""
 
     def __init__(self, folder: Path, fingerprint: str):
         self.folder = folder
@@ -396,6 +419,7 @@ def crossval_sections(
             ranks,
         )
         folds_planned.append(((test, validation, training), stain, encoded, genes))
+    code = scoring_code_digest()
     results: dict[tuple[str, int], FoldResult] = {}
     # Seed by seed, so a run stopped part-way has whole seeds to summarise (rerun with those).
     for seed in seeds:
@@ -406,7 +430,8 @@ def crossval_sections(
             test, validation, training = roles
             fold = [encoded[section_id] for section_id in [*training, validation, test]]
             record = FoldRecord(
-                out_dir / RUNS / f"{test}.seed{seed}", fold_fingerprint(seeded, genes, fold, stain)
+                out_dir / RUNS / f"{test}.seed{seed}",
+                fold_fingerprint(seeded, genes, fold, stain, code),
             )
             scored = record.load()
             if scored is None:
