@@ -13,6 +13,8 @@ import argparse
 import json
 from pathlib import Path
 
+from hespotex.config import RANDOM_WEIGHTS
+from hespotex.encoder.identity import NO_WEIGHTS
 from hespotex.evaluation.crossval import GENE_SETS, LEADS, MODELS
 
 
@@ -26,7 +28,7 @@ def rows(run: Path) -> list[str]:
     overall = summary["overall"]
     seeds = ", ".join(str(seed) for seed in summary["seeds"])
     identity = summary["encoder_identity"]
-    weights = {"none": "no weights", "random": "random weights"}.get(
+    weights = {NO_WEIGHTS: "no weights", RANDOM_WEIGHTS: "random weights"}.get(
         identity["weights"], "pretrained"
     )
     label = f"{identity['architecture']} ({weights}), {summary['preset']}"
