@@ -292,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=[0, 1, 2],
         help="training seeds, one after another; a fold and seed already scored in --out "
-        "(its runs/ folder) with the same settings and data is reused, not trained again",
+        "(its runs/ folder) with the same settings, data and scoring code is reused, not "
+        "trained again",
     )
 
     export = subparsers.add_parser(
